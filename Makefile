@@ -1,0 +1,26 @@
+# Entry points. Each target sets up (or refreshes) the virtualenv first, so on a
+# fresh machine with Python 3.11 and pip, `make repro` and `make test` just work.
+VENV   := .venv
+BIN    := $(VENV)/bin
+# Stage commands in dvc.yaml call `python`: put the venv first on PATH.
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: setup repro test lock clean-venv
+
+setup:
+	@bash scripts/setup.sh
+
+repro: setup          ## run the whole pipeline (both datasets)
+	dvc repro
+	dvc metrics show
+
+test: setup           ## the test suite (about 5 minutes on 2 cores)
+	python -m pytest
+
+lock:                 ## re-pin requirements.txt from requirements.in in a scratch venv
+	rm -rf /tmp/lock-venv && python3 -m venv /tmp/lock-venv
+	/tmp/lock-venv/bin/pip install --quiet -r requirements.in
+	/tmp/lock-venv/bin/pip freeze --exclude-editable > requirements.txt
+
+clean-venv:
+	rm -rf $(VENV)

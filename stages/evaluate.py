@@ -1,0 +1,100 @@
+"""Stage 4 — evaluate: score the trained model once on the untouched test split.
+
+Writes metrics/<dataset>.json (loss, accuracy, macro and per-class
+precision/recall/F1), the confusion-matrix rows for `dvc plots`
+(plots/<dataset>/confusion.csv) and a PNG of the matrix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from sklearn.metrics import confusion_matrix, precision_recall_fscore_support  # noqa: E402
+
+from stages.artifacts import atomic_path, load_split, model_path, plots_dir, write_json  # noqa: E402
+from stages.datasets import get_spec  # noqa: E402
+from stages.figures import plot_confusion_matrix  # noqa: E402
+from stages.params import load_params  # noqa: E402
+
+DIGITS = 6  # metrics are rounded so that reruns and diffs are not float noise
+
+
+def classification_metrics(
+    y_true: np.ndarray, y_pred: np.ndarray, class_names: tuple[str, ...]
+) -> dict:
+    """Accuracy plus macro and per-class precision/recall/F1 from integer labels."""
+    labels = list(range(len(class_names)))
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y_true, y_pred, labels=labels, zero_division=0
+    )
+    return {
+        "accuracy": round(float(np.mean(y_true == y_pred)), DIGITS),
+        "macro_precision": round(float(precision.mean()), DIGITS),
+        "macro_recall": round(float(recall.mean()), DIGITS),
+        "macro_f1": round(float(f1.mean()), DIGITS),
+        "per_class": {
+            name: {
+                "precision": round(float(precision[i]), DIGITS),
+                "recall": round(float(recall[i]), DIGITS),
+                "f1": round(float(f1[i]), DIGITS),
+                "support": int(support[i]),
+            }
+            for i, name in enumerate(class_names)
+        },
+    }
+
+
+def load_trained_model(dataset: str) -> keras.Model:
+    path = model_path(dataset)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: run `dvc repro train@{dataset}` first")
+    # safe_mode refuses models that would run arbitrary code (lambdas) on load.
+    return keras.models.load_model(path, safe_mode=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("dataset", help="dataset key, e.g. mnist or fashion_mnist")
+    args = parser.parse_args(argv)
+
+    params = load_params()
+    spec = get_spec(args.dataset)
+    batch_size = params["evaluate"]["batch_size"]
+
+    model = load_trained_model(spec.key)
+    x_test, y_test = load_split(spec.key, "test")
+
+    scores = model.evaluate(x_test, y_test, batch_size=batch_size, verbose=0, return_dict=True)
+    probabilities = model.predict(x_test, batch_size=batch_size, verbose=0)
+    y_true = y_test.argmax(axis=1)
+    y_pred = probabilities.argmax(axis=1)
+
+    metrics = {"loss": round(float(scores["loss"]), DIGITS), "test_samples": int(len(y_true))}
+    metrics.update(classification_metrics(y_true, y_pred, spec.class_names))
+    write_json(f"metrics/{spec.key}.json", metrics)
+
+    # Confusion matrix: one row per test image for `dvc plots` (template: confusion),
+    # and a PNG with class names.
+    names = np.array(spec.class_names)
+    with atomic_path(plots_dir(spec.key) / "confusion.csv") as tmp:
+        pd.DataFrame({"actual": names[y_true], "predicted": names[y_pred]}).to_csv(
+            tmp, index=False
+        )
+    matrix = confusion_matrix(y_true, y_pred, labels=list(range(len(names))))
+    plot_confusion_matrix(matrix, spec.class_names, plots_dir(spec.key) / "confusion_matrix.png",
+                          f"{spec.title}: test confusion matrix "
+                          f"(accuracy {metrics['accuracy']:.2%})")
+    print(f"[evaluate] {spec.title}: test accuracy {metrics['accuracy']:.4f}, "
+          f"loss {metrics['loss']:.4f} on {len(y_true)} images")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

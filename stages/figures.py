@@ -1,0 +1,69 @@
+"""Matplotlib PNGs for people reading the repo (dvc plots renders the same data interactively)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: no display on CI or servers
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from stages.artifacts import atomic_path  # noqa: E402
+
+
+def _save(figure: plt.Figure, path: Path | str) -> None:
+    with atomic_path(path) as tmp:
+        # No Software/date metadata: identical figures give identical bytes.
+        figure.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
+    plt.close(figure)
+
+
+def plot_training_curves(history: dict[str, list[float]], path: Path | str, title: str) -> None:
+    """Loss, accuracy and learning rate per epoch, train vs validation."""
+    epochs = np.arange(1, len(history["loss"]) + 1)
+    panels = [("loss", "loss"), ("accuracy", "accuracy")]
+    has_lr = "learning_rate" in history
+    figure, axes = plt.subplots(1, 3 if has_lr else 2, figsize=(13 if has_lr else 9, 3.6))
+    for axis in axes:
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole epochs only
+    for axis, (metric, label) in zip(axes, panels):
+        axis.plot(epochs, history[metric], marker="o", ms=3, label="train")
+        axis.plot(epochs, history[f"val_{metric}"], marker="o", ms=3, label="validation")
+        axis.set_xlabel("epoch")
+        axis.set_ylabel(label)
+        axis.grid(alpha=0.3)
+        axis.legend()
+    if has_lr:
+        axes[2].plot(epochs, history["learning_rate"], marker="o", ms=3, color="tab:green")
+        axes[2].set_yscale("log")
+        axes[2].set_xlabel("epoch")
+        axes[2].set_ylabel("learning rate")
+        axes[2].grid(alpha=0.3)
+    figure.suptitle(title)
+    figure.tight_layout()
+    _save(figure, path)
+
+
+def plot_confusion_matrix(
+    matrix: np.ndarray, class_names: tuple[str, ...], path: Path | str, title: str
+) -> None:
+    """Counts in each cell, colour by the row-normalised rate (recall per true class)."""
+    rates = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    figure, axis = plt.subplots(figsize=(8, 7))
+    image = axis.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    figure.colorbar(image, ax=axis, fraction=0.046, pad=0.04, label="fraction of true class")
+    ticks = np.arange(len(class_names))
+    axis.set_xticks(ticks, class_names, rotation=45, ha="right")
+    axis.set_yticks(ticks, class_names)
+    axis.set_xlabel("predicted")
+    axis.set_ylabel("true")
+    for row in range(matrix.shape[0]):
+        for col in range(matrix.shape[1]):
+            axis.text(col, row, int(matrix[row, col]), ha="center", va="center", fontsize=8,
+                      color="white" if rates[row, col] > 0.5 else "black")
+    axis.set_title(title)
+    figure.tight_layout()
+    _save(figure, path)

@@ -1,0 +1,199 @@
+"""Load params.yaml and check it against one schema before any stage does work.
+
+A typo'd key or an out-of-range value fails fast with one message that names the
+key, the value and what is allowed, instead of surfacing minutes into training.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from stages.datasets import DATASETS
+
+PARAMS_FILE = Path("params.yaml")
+
+
+class ParamsError(ValueError):
+    """params.yaml does not match the schema."""
+
+
+@dataclass(frozen=True)
+class Field:
+    """One leaf of the schema: its type and the values it may take."""
+
+    kind: str  # "int", "float", "bool", "str", "int_list"
+    minimum: float | None = None
+    maximum: float | None = None
+    exclusive: bool = False  # bounds are open: minimum < value < maximum
+    optional: bool = False  # null is allowed
+    choices: tuple[str, ...] | None = None
+
+    def describe(self) -> str:
+        parts = {"int": "an integer", "float": "a number", "bool": "true or false",
+                 "str": "a string", "int_list": "a list of integers"}[self.kind]
+        if self.choices:
+            parts = "one of " + ", ".join(self.choices)
+        low, high = ("(", ")") if self.exclusive else ("[", "]")
+        if self.minimum is not None or self.maximum is not None:
+            lo = "-inf" if self.minimum is None else self.minimum
+            hi = "inf" if self.maximum is None else self.maximum
+            parts += f" in {low}{lo}, {hi}{high}"
+        if self.optional:
+            parts += " or null"
+        return parts
+
+    def accepts(self, value: Any) -> bool:
+        if value is None:
+            return self.optional
+        if self.kind == "int_list":
+            return (isinstance(value, list) and len(value) > 0
+                    and all(self._in_range(v) for v in value))
+        return self._in_range(value)
+
+    def _in_range(self, value: Any) -> bool:
+        if self.kind == "bool":
+            return isinstance(value, bool)
+        if self.kind == "str":
+            return isinstance(value, str) and (not self.choices or value in self.choices)
+        if isinstance(value, bool):  # YAML true/false must not pass for a number
+            return False
+        if self.kind in ("int", "int_list") and not isinstance(value, int):
+            return False
+        if self.kind == "float" and not isinstance(value, (int, float)):
+            return False
+        if self.minimum is not None:
+            if value < self.minimum or (self.exclusive and value == self.minimum):
+                return False
+        if self.maximum is not None:
+            if value > self.maximum or (self.exclusive and value == self.maximum):
+                return False
+        return True
+
+
+MONITORS = ("val_loss", "val_accuracy")
+
+TRAIN_SCHEMA: dict[str, Any] = {
+    "epochs": Field("int", minimum=1),
+    "batch_size": Field("int", minimum=1),
+    "learning_rate": Field("float", minimum=0, exclusive=True),
+    "model": {
+        "conv_filters": Field("int_list", minimum=1),
+        "convs_per_block": Field("int", minimum=1),
+        "kernel_size": Field("int", minimum=1, maximum=7),
+        "batch_norm": Field("bool"),
+        "batch_norm_momentum": Field("float", minimum=0, maximum=1, exclusive=True),
+        "conv_dropout": Field("float", minimum=0, maximum=1, exclusive=False),
+        "dense_units": Field("int_list", minimum=1),
+        "dense_dropout": Field("float", minimum=0, maximum=1),
+    },
+    "early_stopping": {
+        "enabled": Field("bool"),
+        "monitor": Field("str", choices=MONITORS),
+        "patience": Field("int", minimum=0),
+    },
+    "reduce_lr": {
+        "enabled": Field("bool"),
+        "monitor": Field("str", choices=MONITORS),
+        "factor": Field("float", minimum=0, maximum=1, exclusive=True),
+        "patience": Field("int", minimum=0),
+        "min_lr": Field("float", minimum=0),
+    },
+}
+
+SCHEMA: dict[str, Any] = {
+    "seed": Field("int", minimum=0),
+    "download": {
+        "local_dir": Field("str"),
+        "timeout_seconds": Field("float", minimum=0, exclusive=True),
+        "retries": Field("int", minimum=0, maximum=10),
+    },
+    "preprocess": {
+        "val_fraction": Field("float", minimum=0, maximum=1, exclusive=True),
+        "max_train_samples": Field("int", minimum=100, optional=True),
+        "max_test_samples": Field("int", minimum=10, optional=True),
+    },
+    "train": TRAIN_SCHEMA,
+    "evaluate": {
+        "batch_size": Field("int", minimum=1),
+    },
+}
+
+
+def _validate(value: Any, schema: Any, path: str, partial: bool) -> None:
+    """Raise ParamsError unless `value` matches `schema`; `partial` allows missing keys."""
+    if isinstance(schema, Field):
+        if not schema.accepts(value):
+            raise ParamsError(
+                f"params.yaml: {path} = {value!r} is not allowed; expected {schema.describe()}"
+            )
+        return
+    if not isinstance(value, dict):
+        raise ParamsError(f"params.yaml: {path} must be a mapping, got {value!r}")
+    unknown = sorted(set(value) - set(schema))
+    if unknown:
+        raise ParamsError(
+            f"params.yaml: unknown key {path + '.' if path else ''}{unknown[0]}; "
+            f"allowed keys here: {', '.join(schema)}"
+        )
+    for key, sub_schema in schema.items():
+        sub_path = f"{path}.{key}" if path else key
+        if key not in value:
+            if partial:
+                continue
+            raise ParamsError(f"params.yaml: missing key {sub_path}")
+        _validate(value[key], sub_schema, sub_path, partial)
+
+
+def validate_params(params: Any) -> dict:
+    """Check a whole params mapping; return it unchanged when valid."""
+    if not isinstance(params, dict):
+        raise ParamsError("params.yaml must be a mapping at the top level")
+    _validate({k: v for k, v in params.items() if k != "datasets"}, SCHEMA, "", partial=False)
+
+    datasets = params.get("datasets")
+    if not isinstance(datasets, dict) or not datasets:
+        raise ParamsError(
+            "params.yaml: datasets must map dataset names to their settings, "
+            f"e.g. {', '.join(DATASETS)}"
+        )
+    for name, settings in datasets.items():
+        if name not in DATASETS:
+            raise ParamsError(
+                f"params.yaml: unknown dataset datasets.{name}; known: {', '.join(DATASETS)}"
+            )
+        # A dataset may override any subset of the shared `train` section.
+        _validate(settings or {}, {"train": TRAIN_SCHEMA}, f"datasets.{name}", partial=True)
+    return params
+
+
+def load_params(path: Path | str = PARAMS_FILE) -> dict:
+    """Read and validate params.yaml."""
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path} not found: run the stages from the project root")
+    with path.open() as handle:
+        params = yaml.safe_load(handle)
+    return validate_params(params)
+
+
+def _deep_merge(base: dict, override: dict) -> dict:
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def train_params_for(params: dict, dataset: str) -> dict:
+    """The shared `train` section with `datasets.<dataset>.train` laid over it."""
+    settings = params["datasets"].get(dataset)
+    if settings is None:
+        raise ParamsError(f"params.yaml: dataset {dataset!r} is not listed under datasets")
+    return _deep_merge(params["train"], (settings or {}).get("train") or {})
