@@ -29,16 +29,21 @@ class Field:
     kind: str  # "int", "float", "bool", "str", "int_list"
     minimum: float | None = None
     maximum: float | None = None
-    exclusive: bool = False  # bounds are open: minimum < value < maximum
+    open_min: bool = False  # value must be strictly greater than minimum
+    open_max: bool = False  # value must be strictly less than maximum
     optional: bool = False  # null is allowed
     choices: tuple[str, ...] | None = None
+    min_items: int = 1  # for int_list: the fewest entries allowed
 
     def describe(self) -> str:
         parts = {"int": "an integer", "float": "a number", "bool": "true or false",
                  "str": "a string", "int_list": "a list of integers"}[self.kind]
+        if self.kind == "int_list" and self.min_items:
+            parts = f"a list of at least {self.min_items} integer(s), each"
         if self.choices:
             parts = "one of " + ", ".join(self.choices)
-        low, high = ("(", ")") if self.exclusive else ("[", "]")
+        low = "(" if self.open_min else "["
+        high = ")" if self.open_max else "]"
         if self.minimum is not None or self.maximum is not None:
             lo = "-inf" if self.minimum is None else self.minimum
             hi = "inf" if self.maximum is None else self.maximum
@@ -51,7 +56,7 @@ class Field:
         if value is None:
             return self.optional
         if self.kind == "int_list":
-            return (isinstance(value, list) and len(value) > 0
+            return (isinstance(value, list) and len(value) >= self.min_items
                     and all(self._in_range(v) for v in value))
         return self._in_range(value)
 
@@ -67,10 +72,10 @@ class Field:
         if self.kind == "float" and not isinstance(value, (int, float)):
             return False
         if self.minimum is not None:
-            if value < self.minimum or (self.exclusive and value == self.minimum):
+            if value < self.minimum or (self.open_min and value == self.minimum):
                 return False
         if self.maximum is not None:
-            if value > self.maximum or (self.exclusive and value == self.maximum):
+            if value > self.maximum or (self.open_max and value == self.maximum):
                 return False
         return True
 
@@ -80,16 +85,16 @@ MONITORS = ("val_loss", "val_accuracy")
 TRAIN_SCHEMA: dict[str, Any] = {
     "epochs": Field("int", minimum=1),
     "batch_size": Field("int", minimum=1),
-    "learning_rate": Field("float", minimum=0, exclusive=True),
+    "learning_rate": Field("float", minimum=0, open_min=True),
     "model": {
         "conv_filters": Field("int_list", minimum=1),
         "convs_per_block": Field("int", minimum=1),
         "kernel_size": Field("int", minimum=1, maximum=7),
         "batch_norm": Field("bool"),
-        "batch_norm_momentum": Field("float", minimum=0, maximum=1, exclusive=True),
-        "conv_dropout": Field("float", minimum=0, maximum=1, exclusive=False),
-        "dense_units": Field("int_list", minimum=1),
-        "dense_dropout": Field("float", minimum=0, maximum=1),
+        "batch_norm_momentum": Field("float", minimum=0, maximum=1, open_min=True, open_max=True),
+        "conv_dropout": Field("float", minimum=0, maximum=1, open_max=True),
+        "dense_units": Field("int_list", minimum=1, min_items=0),  # [] = no hidden dense layer
+        "dense_dropout": Field("float", minimum=0, maximum=1, open_max=True),
     },
     "early_stopping": {
         "enabled": Field("bool"),
@@ -99,7 +104,7 @@ TRAIN_SCHEMA: dict[str, Any] = {
     "reduce_lr": {
         "enabled": Field("bool"),
         "monitor": Field("str", choices=MONITORS),
-        "factor": Field("float", minimum=0, maximum=1, exclusive=True),
+        "factor": Field("float", minimum=0, maximum=1, open_min=True, open_max=True),
         "patience": Field("int", minimum=0),
         "min_lr": Field("float", minimum=0),
     },
@@ -109,11 +114,11 @@ SCHEMA: dict[str, Any] = {
     "seed": Field("int", minimum=0),
     "download": {
         "local_dir": Field("str"),
-        "timeout_seconds": Field("float", minimum=0, exclusive=True),
+        "timeout_seconds": Field("float", minimum=0, open_min=True),
         "retries": Field("int", minimum=0, maximum=10),
     },
     "preprocess": {
-        "val_fraction": Field("float", minimum=0, maximum=1, exclusive=True),
+        "val_fraction": Field("float", minimum=0, maximum=1, open_min=True, open_max=True),
         "max_train_samples": Field("int", minimum=100, optional=True),
         "max_test_samples": Field("int", minimum=10, optional=True),
     },
