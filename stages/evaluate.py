@@ -1,8 +1,9 @@
 """Stage 4 — evaluate: score the trained model once on the untouched test split.
 
-Writes metrics/<dataset>.json (loss, accuracy, macro and per-class
-precision/recall/F1), the confusion-matrix rows for `dvc plots`
-(plots/<dataset>/confusion.csv) and a PNG of the matrix.
+Writes metrics/<dataset>.json (loss, accuracy, macro precision/recall/F1: one
+readable row in `dvc metrics show`), metrics/<dataset>_per_class.json (the same
+per class), the confusion-matrix rows for `dvc plots` (plots/<dataset>/confusion.csv)
+and a PNG of the matrix.
 """
 
 from __future__ import annotations
@@ -28,27 +29,28 @@ DIGITS = 6  # metrics are rounded so that reruns and diffs are not float noise
 
 def classification_metrics(
     y_true: np.ndarray, y_pred: np.ndarray, class_names: tuple[str, ...]
-) -> dict:
-    """Accuracy plus macro and per-class precision/recall/F1 from integer labels."""
+) -> tuple[dict, dict]:
+    """(summary, per class): accuracy and macro precision/recall/F1, then per class."""
     labels = list(range(len(class_names)))
     precision, recall, f1, support = precision_recall_fscore_support(
         y_true, y_pred, labels=labels, zero_division=0
     )
-    return {
+    summary = {
         "accuracy": round(float(np.mean(y_true == y_pred)), DIGITS),
         "macro_precision": round(float(precision.mean()), DIGITS),
         "macro_recall": round(float(recall.mean()), DIGITS),
         "macro_f1": round(float(f1.mean()), DIGITS),
-        "per_class": {
-            name: {
-                "precision": round(float(precision[i]), DIGITS),
-                "recall": round(float(recall[i]), DIGITS),
-                "f1": round(float(f1[i]), DIGITS),
-                "support": int(support[i]),
-            }
-            for i, name in enumerate(class_names)
-        },
     }
+    per_class = {
+        name: {
+            "precision": round(float(precision[i]), DIGITS),
+            "recall": round(float(recall[i]), DIGITS),
+            "f1": round(float(f1[i]), DIGITS),
+            "support": int(support[i]),
+        }
+        for i, name in enumerate(class_names)
+    }
+    return summary, per_class
 
 
 def load_trained_model(dataset: str) -> keras.Model:
@@ -76,9 +78,11 @@ def main(argv: list[str] | None = None) -> int:
     y_true = y_test.argmax(axis=1)
     y_pred = probabilities.argmax(axis=1)
 
-    metrics = {"loss": round(float(scores["loss"]), DIGITS), "test_samples": int(len(y_true))}
-    metrics.update(classification_metrics(y_true, y_pred, spec.class_names))
+    summary, per_class = classification_metrics(y_true, y_pred, spec.class_names)
+    metrics = {"loss": round(float(scores["loss"]), DIGITS), **summary,
+               "test_samples": int(len(y_true))}
     write_json(f"metrics/{spec.key}.json", metrics)
+    write_json(f"metrics/{spec.key}_per_class.json", per_class)
 
     # Confusion matrix: one row per test image for `dvc plots` (template: confusion),
     # and a PNG with class names.
