@@ -1,0 +1,78 @@
+"""params.yaml is checked against one schema before any stage runs."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import yaml
+
+from stages.params import ParamsError, load_params, train_params_for, validate_params
+from tests.conftest import PROJECT_ROOT
+
+
+@pytest.fixture
+def params() -> dict:
+    return load_params(PROJECT_ROOT / "params.yaml")
+
+
+def with_value(params: dict, dotted: str, value):
+    changed = copy.deepcopy(params)
+    *parents, leaf = dotted.split(".")
+    node = changed
+    for key in parents:
+        node = node[key]
+    node[leaf] = value
+    return changed
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("train.epochs", -1, r"train.epochs = -1 is not allowed; expected an integer in \[1, inf\]"),
+        ("train.epochs", "10", r"train.epochs = '10' is not allowed"),
+        ("train.epochs", True, r"train.epochs = True is not allowed"),
+        ("train.model.conv_dropout", 1.0, r"conv_dropout = 1.0 .* in \[0, 1\)"),
+        ("preprocess.val_fraction", 0, r"val_fraction = 0 .* in \(0, 1\)"),
+        ("preprocess.val_fraction", 1.5, r"val_fraction = 1.5"),
+        ("train.early_stopping.monitor", "val_acc", r"one of val_loss, val_accuracy"),
+        ("train.model.conv_filters", [], r"conv_filters = \[\]"),
+        ("seed", None, r"seed = None"),
+    ],
+)
+def test_bad_values_name_key_value_and_rule(params, key, value, message):
+    with pytest.raises(ParamsError, match=message):
+        validate_params(with_value(params, key, value))
+
+
+def test_unknown_and_missing_keys(params):
+    typo = copy.deepcopy(params)
+    typo["train"]["epoch"] = 3
+    with pytest.raises(ParamsError, match=r"unknown key train.epoch; allowed keys here: epochs"):
+        validate_params(typo)
+    missing = copy.deepcopy(params)
+    del missing["train"]["batch_size"]
+    with pytest.raises(ParamsError, match="missing key train.batch_size"):
+        validate_params(missing)
+    with pytest.raises(ParamsError, match="unknown dataset datasets.cifar10"):
+        validate_params(with_value(params, "datasets.cifar10", {}))
+
+
+def test_per_dataset_override_is_merged_and_validated(params):
+    changed = with_value(params, "datasets.fashion_mnist.train", {"epochs": 30,
+                                                                  "model": {"dense_units": [64]}})
+    validate_params(changed)
+    fashion = train_params_for(changed, "fashion_mnist")
+    assert fashion["epochs"] == 30 and fashion["model"]["dense_units"] == [64]
+    assert fashion["model"]["conv_filters"] == params["train"]["model"]["conv_filters"]
+    assert train_params_for(changed, "mnist") == params["train"]
+    with pytest.raises(ParamsError, match=r"datasets.mnist.train.epochs = 0"):
+        validate_params(with_value(params, "datasets.mnist.train", {"epochs": 0}))
+
+
+def test_load_reports_missing_file(tmp_path):
+    with pytest.raises(ParamsError, match="not found"):
+        load_params(tmp_path / "params.yaml")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump([1, 2]))
+    with pytest.raises(ParamsError, match="must be a mapping"):
+        load_params(tmp_path / "params.yaml")
