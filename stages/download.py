@@ -92,16 +92,36 @@ def copy_from_directory(directory: str, filename: str, destination: Path) -> Non
     shutil.copyfile(source, destination)
 
 
-def download_url(url: str, destination: Path, timeout: float, retries: int) -> None:
-    """Stream `url` into `destination`, retrying transient failures with backoff."""
-    last_error = ""
-    for attempt in range(retries + 1):
+def describe_request_error(error: requests.RequestException, timeout: float) -> str:
+    """A short, human reason for a failed HTTP request."""
+    if isinstance(error, requests.HTTPError) and error.response is not None:
+        return f"HTTP {error.response.status_code} {error.response.reason}"
+    text = str(error)
+    if isinstance(error, requests.Timeout) or "timed out" in text.lower():
+        return f"timed out (no data for {timeout:g} s)"
+    if isinstance(error, (requests.ConnectionError, requests.exceptions.ChunkedEncodingError)):
+        return f"connection broken ({type(error).__name__}: {text[:200]})"
+    return f"{type(error).__name__}: {text[:200]}"
+
+
+def download_url(
+    url: str, destination: Path, timeout: float, retries: int, max_seconds: float = 900.0
+) -> None:
+    """Stream `url` into `destination`, retrying network errors and HTTP 5xx with backoff.
+
+    Bounded: at most `retries` + 1 attempts, each with a connect/read `timeout` and a
+    wall-clock limit of `max_seconds` (a server trickling bytes cannot hold us forever).
+    """
+    attempts = retries + 1
+    last = ""
+    for attempt in range(attempts):
         if attempt:
-            time.sleep(min(2 ** (attempt - 1), 8))  # 1, 2, 4, 8 s: bounded backoff
+            time.sleep(min(0.5 * 2 ** (attempt - 1), 8.0))  # 0.5, 1, 2, ... 8 s
+        deadline = time.monotonic() + max_seconds
         try:
             with requests.get(url, stream=True, timeout=(timeout, timeout)) as response:
-                if response.status_code == 404:
-                    raise RejectedCopy(f"HTTP 404 Not Found at {url}")
+                if response.status_code in (403, 404, 410):  # permanent: do not retry
+                    raise RejectedCopy(f"HTTP {response.status_code} {response.reason} at {url}")
                 response.raise_for_status()
                 total = int(response.headers.get("content-length", 0)) or None
                 with destination.open("wb") as out, tqdm(
@@ -109,12 +129,18 @@ def download_url(url: str, destination: Path, timeout: float, retries: int) -> N
                     file=sys.stderr, leave=False,
                 ) as progress:
                     for chunk in response.iter_content(CHUNK_BYTES):
+                        if time.monotonic() > deadline:
+                            raise RejectedCopy(f"took longer than {max_seconds:g} s; gave up")
                         out.write(chunk)
                         progress.update(len(chunk))
             return
+        except requests.HTTPError as error:
+            last = describe_request_error(error, timeout)
+            if error.response is not None and error.response.status_code < 500:
+                raise RejectedCopy(f"{last} at {url}") from error
         except requests.RequestException as error:
-            last_error = f"{type(error).__name__}: {error}"
-    raise RejectedCopy(f"failed after {retries + 1} attempts ({last_error})")
+            last = describe_request_error(error, timeout)
+    raise RejectedCopy(f"failed after {attempts} attempts; last: {last}")
 
 
 def fetch_file(
