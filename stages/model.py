@@ -6,8 +6,18 @@ and dropout; the head is dense layers with dropout and a softmax over the classe
 
 from __future__ import annotations
 
+import json
+import tempfile
+import zipfile
+from pathlib import Path
+
 import keras
 from keras import layers
+
+from stages.artifacts import atomic_path
+
+# Zip's earliest representable time: every entry gets it, so saves are byte-identical.
+FIXED_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 
 
 def build_model(model_params: dict, input_shape: tuple[int, ...], num_classes: int) -> keras.Model:
@@ -47,3 +57,51 @@ def compile_model(model: keras.Model, learning_rate: float) -> keras.Model:
         metrics=["accuracy"],
     )
     return model
+
+
+def _renumber_shared_objects(node, numbers: dict) -> None:
+    """Replace Keras' `shared_object_id`s (Python id()s: memory addresses) by 1, 2, ...
+
+    The ids only link config entries that share one object, so numbering them in order
+    of first appearance keeps their meaning and removes the per-process noise.
+    """
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "shared_object_id":
+                node[key] = numbers.setdefault(value, len(numbers) + 1)
+            else:
+                _renumber_shared_objects(value, numbers)
+    elif isinstance(node, list):
+        for value in node:
+            _renumber_shared_objects(value, numbers)
+
+
+def save_model(model: keras.Model, path: Path | str) -> None:
+    """Save a .keras file whose bytes depend only on the model, never on the clock.
+
+    Keras writes the save time (metadata.json and the zip entries) and memory addresses
+    (config.json's shared_object_id) into the file, so equal weights would hash
+    differently and DVC would see a changed model on every rerun. We save to a scratch
+    file and rewrite the zip without them.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".save-") as scratch:
+        plain = Path(scratch) / "model.keras"
+        model.save(plain)
+        with atomic_path(path) as tmp, zipfile.ZipFile(plain) as source, \
+                zipfile.ZipFile(tmp, "w") as target:
+            for entry in source.infolist():
+                data = source.read(entry)
+                if entry.filename == "metadata.json":
+                    metadata = json.loads(data)
+                    metadata.pop("date_saved", None)
+                    data = json.dumps(metadata, sort_keys=True).encode()
+                elif entry.filename == "config.json":
+                    config = json.loads(data)
+                    _renumber_shared_objects(config, {})
+                    data = json.dumps(config).encode()
+                stable = zipfile.ZipInfo(entry.filename, date_time=FIXED_ZIP_TIME)
+                stable.compress_type = entry.compress_type
+                stable.external_attr = 0o644 << 16
+                target.writestr(stable, data)

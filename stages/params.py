@@ -86,6 +86,7 @@ TRAIN_SCHEMA: dict[str, Any] = {
     "epochs": Field("int", minimum=1),
     "batch_size": Field("int", minimum=1),
     "learning_rate": Field("float", minimum=0, open_min=True),
+    "backup_and_restore": Field("bool"),
     "model": {
         "conv_filters": Field("int_list", minimum=1),
         "convs_per_block": Field("int", minimum=1),

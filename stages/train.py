@@ -12,6 +12,7 @@ import argparse
 import os
 import sys
 import time
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # hide TF's C++ info/warning chatter
 
@@ -20,11 +21,16 @@ import tensorflow as tf  # noqa: E402
 from dvclive import Live  # noqa: E402
 from dvclive.keras import DVCLiveCallback  # noqa: E402
 
-from stages.artifacts import atomic_path, load_split, model_path, plots_dir, write_json  # noqa: E402
+from stages.artifacts import load_split, model_path, plots_dir, write_json  # noqa: E402
 from stages.datasets import NUM_CLASSES, get_spec  # noqa: E402
 from stages.figures import plot_training_curves  # noqa: E402
-from stages.model import build_model, compile_model  # noqa: E402
+from stages.model import build_model, compile_model, save_model  # noqa: E402
 from stages.params import load_params, train_params_for  # noqa: E402
+
+
+# Where BackupAndRestore keeps interrupted training state (git-ignored, not a DVC output,
+# so DVC does not delete it when the stage re-runs).
+BACKUP_DIR = Path("checkpoints")
 
 
 def make_deterministic(seed: int) -> None:
@@ -47,9 +53,13 @@ class LearningRateLogger(keras.callbacks.Callback):
             logs["learning_rate"] = self._rate
 
 
-def build_callbacks(train_params: dict) -> list[keras.callbacks.Callback]:
+def build_callbacks(train_params: dict, backup_dir: Path) -> list[keras.callbacks.Callback]:
     """The seed's callbacks, each switchable and tuned from params."""
     callbacks: list[keras.callbacks.Callback] = []
+    if train_params["backup_and_restore"]:
+        # Saves the training state every epoch and resumes from it after a crash; the
+        # backup is deleted once training finishes.
+        callbacks.append(keras.callbacks.BackupAndRestore(str(backup_dir)))
     reduce = train_params["reduce_lr"]
     if reduce["enabled"]:
         callbacks.append(keras.callbacks.ReduceLROnPlateau(
@@ -108,15 +118,15 @@ def main(argv: list[str] | None = None) -> int:
             epochs=train_params["epochs"],
             batch_size=train_params["batch_size"],
             shuffle=True,
-            callbacks=build_callbacks(train_params) + [DVCLiveCallback(live=live)],
+            callbacks=build_callbacks(train_params, BACKUP_DIR / spec.key)
+            + [DVCLiveCallback(live=live)],
             # One line per epoch when logged to a file; a live progress bar in a terminal.
             verbose=1 if sys.stdout.isatty() else 2,
         ).history
     seconds = time.perf_counter() - started
 
     # Save the model (weights restored to the best epoch when early stopping is on).
-    with atomic_path(model_path(spec.key)) as tmp:
-        model.save(tmp)
+    save_model(model, model_path(spec.key))
 
     selected = selected_epoch_index(history, train_params["early_stopping"])
     write_json(f"metrics/{spec.key}_training.json", {

@@ -58,3 +58,19 @@ def test_compile_uses_adam_and_categorical_crossentropy(model_params):
     assert isinstance(model.optimizer, keras.optimizers.Adam)
     assert float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)) == pytest.approx(0.005)
     assert model.loss == "categorical_crossentropy"
+
+
+def test_saved_model_bytes_do_not_depend_on_the_clock(model_params, tmp_path):
+    import time
+
+    from stages.model import save_model
+
+    model = build_model(model_params, (28, 28, 1), 10)
+    save_model(model, tmp_path / "a.keras")
+    time.sleep(1.1)  # zip timestamps have 2 s resolution; Keras' date_saved has 1 s
+    save_model(model, tmp_path / "b.keras")
+    assert (tmp_path / "a.keras").read_bytes() == (tmp_path / "b.keras").read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.keras", "b.keras"]
+    images = np.random.default_rng(1).random((3, 28, 28, 1), dtype=np.float32)
+    loaded = keras.models.load_model(tmp_path / "a.keras", safe_mode=True)
+    np.testing.assert_allclose(loaded.predict(images, verbose=0), model.predict(images, verbose=0))
