@@ -41,4 +41,23 @@ if [ ! -d /usr/share/datasets/fashion-mnist ]; then
     echo "setup: note: $FASHION_DEB needs apt-get as root; the download stage will use the mirrors"
   fi
 fi
+# Offline rendering for `dvc plots show`: the vega libraries from npm (pinned in
+# package-lock.json), inlined into an HTML template that .dvc/config.local points to.
+if command -v npm >/dev/null 2>&1; then
+  npm_stamp=node_modules/.setup-package-lock.sha256
+  npm_wanted="$(sha256sum package-lock.json | cut -d' ' -f1)"
+  if [ "$(cat "$npm_stamp" 2>/dev/null || true)" != "$npm_wanted" ]; then
+    echo "setup: installing vega libraries (npm ci)"
+    if npm ci --no-audit --no-fund --loglevel=error >/dev/null; then
+      echo "$npm_wanted" > "$npm_stamp"
+    else
+      echo "setup: warning: npm ci failed; dvc plots show will load vega from its CDN"
+    fi
+  fi
+  if [ -f "$npm_stamp" ] && "$VENV/bin/python" scripts/offline_plots_template.py >/dev/null; then
+    "$VENV/bin/dvc" config --local plots.html_template tmp/plots_offline.html
+  fi
+else
+  echo "setup: note: npm not found; dvc plots show will load vega from its CDN"
+fi
 echo "setup: ready ($VENV)"

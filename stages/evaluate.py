@@ -2,8 +2,8 @@
 
 Writes metrics/<dataset>.json (loss, accuracy, macro precision/recall/F1: one
 readable row in `dvc metrics show`), metrics/<dataset>_per_class.json (the same
-per class), the confusion-matrix rows for `dvc plots` (plots/<dataset>/confusion.csv)
-and a PNG of the matrix.
+per class), the confusion-matrix rows for `dvc plots` (plots/<dataset>/confusion.csv),
+a PNG of the matrix (counts and normalised) and a gallery of the most confident mistakes.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -21,7 +22,7 @@ from sklearn.metrics import confusion_matrix, precision_recall_fscore_support  #
 
 from stages.artifacts import atomic_path, load_split, model_path, plots_dir, write_json  # noqa: E402
 from stages.datasets import get_spec  # noqa: E402
-from stages.figures import plot_confusion_matrix  # noqa: E402
+from stages.figures import plot_confusion_matrix, plot_image_grid  # noqa: E402
 from stages.params import load_params  # noqa: E402
 
 DIGITS = 6  # metrics are rounded so that reruns and diffs are not float noise
@@ -53,8 +54,17 @@ def classification_metrics(
     return summary, per_class
 
 
-def load_trained_model(dataset: str) -> keras.Model:
-    path = model_path(dataset)
+def most_confident_mistakes(
+    y_true: np.ndarray, y_pred: np.ndarray, confidence: np.ndarray, count: int
+) -> np.ndarray:
+    """Indices of up to `count` misclassified items, most confident first (stable order)."""
+    wrong = np.flatnonzero(y_true != y_pred)
+    return wrong[np.argsort(-confidence[wrong], kind="stable")][:count]
+
+
+def load_trained_model(dataset: str, path: Path | None = None) -> keras.Model:
+    """The trained model of `dataset` (or the .keras file at `path`)."""
+    path = Path(path) if path else model_path(dataset)
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: run `dvc repro train@{dataset}` first")
     # safe_mode refuses models that would run arbitrary code (lambdas) on load.
@@ -69,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     params = load_params()
     spec = get_spec(args.dataset)
     batch_size = params["evaluate"]["batch_size"]
+    gallery_size = params["evaluate"]["gallery_size"]
 
     model = load_trained_model(spec.key)
     x_test, y_test = load_split(spec.key, "test")
@@ -95,6 +106,16 @@ def main(argv: list[str] | None = None) -> int:
     plot_confusion_matrix(matrix, spec.class_names, plots_dir(spec.key) / "confusion_matrix.png",
                           f"{spec.title}: test confusion matrix "
                           f"(accuracy {metrics['accuracy']:.2%})")
+    # The model's most confident mistakes, to see what it gets wrong.
+    confidence = probabilities.max(axis=1)
+    mistakes = most_confident_mistakes(y_true, y_pred, confidence, gallery_size)
+    plot_image_grid(
+        x_test[mistakes],
+        [f"true: {names[y_true[i]]}\npred: {names[y_pred[i]]} ({confidence[i]:.0%})"
+         for i in mistakes],
+        plots_dir(spec.key) / "misclassified.png",
+        f"{spec.title}: the {len(mistakes)} most confident test mistakes", columns=8,
+    )
     print(f"[evaluate] {spec.title}: test accuracy {metrics['accuracy']:.4f}, "
           f"loss {metrics['loss']:.4f} on {len(y_true)} images")
     return 0

@@ -47,23 +47,52 @@ def plot_training_curves(history: dict[str, list[float]], path: Path | str, titl
     _save(figure, path)
 
 
-def plot_confusion_matrix(
-    matrix: np.ndarray, class_names: tuple[str, ...], path: Path | str, title: str
-) -> None:
-    """Counts in each cell, colour by the row-normalised rate (recall per true class)."""
-    rates = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
-    figure, axis = plt.subplots(figsize=(8, 7))
-    image = axis.imshow(rates, cmap="Blues", vmin=0, vmax=1)
-    figure.colorbar(image, ax=axis, fraction=0.046, pad=0.04, label="fraction of true class")
+def _draw_matrix(axis, values, labels, class_names, title, vmax) -> None:
+    image = axis.imshow(values, cmap="Blues", vmin=0, vmax=vmax)
     ticks = np.arange(len(class_names))
     axis.set_xticks(ticks, class_names, rotation=45, ha="right")
     axis.set_yticks(ticks, class_names)
     axis.set_xlabel("predicted")
     axis.set_ylabel("true")
-    for row in range(matrix.shape[0]):
-        for col in range(matrix.shape[1]):
-            axis.text(col, row, int(matrix[row, col]), ha="center", va="center", fontsize=8,
-                      color="white" if rates[row, col] > 0.5 else "black")
+    for row in range(values.shape[0]):
+        for col in range(values.shape[1]):
+            axis.text(col, row, labels[row][col], ha="center", va="center", fontsize=7,
+                      color="white" if values[row, col] > 0.5 * vmax else "black")
     axis.set_title(title)
+    return image
+
+
+def plot_confusion_matrix(
+    matrix: np.ndarray, class_names: tuple[str, ...], path: Path | str, title: str
+) -> None:
+    """Two panels: raw counts, and each row normalised to the true class (recall)."""
+    rates = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    figure, (left, right) = plt.subplots(1, 2, figsize=(15, 6.5))
+    counts = [[str(int(v)) for v in row] for row in matrix]
+    _draw_matrix(left, matrix, counts, class_names, "counts", max(int(matrix.max()), 1))
+    percents = [[f"{100 * v:.0f}" if v >= 0.005 else "" for v in row] for row in rates]
+    image = _draw_matrix(right, rates, percents, class_names, "normalised by true class (%)", 1.0)
+    figure.colorbar(image, ax=right, fraction=0.046, pad=0.04)
+    figure.suptitle(title)
+    figure.tight_layout()
+    _save(figure, path)
+
+
+def plot_image_grid(
+    images: np.ndarray, captions: list[str], path: Path | str, title: str, columns: int,
+    caption_colors: list[str] | None = None,
+) -> None:
+    """Grayscale images (N x H x W [x 1], values in [0, 1]) in a grid with a caption each."""
+    rows = max(1, int(np.ceil(len(images) / columns)))
+    figure, axes = plt.subplots(rows, columns, figsize=(1.5 * columns, 1.75 * rows + 0.6),
+                                squeeze=False)
+    for index, axis in enumerate(axes.flat):
+        axis.axis("off")
+        if index >= len(images):
+            continue
+        axis.imshow(np.squeeze(images[index]), cmap="gray", vmin=0, vmax=1)
+        color = caption_colors[index] if caption_colors else "black"
+        axis.set_title(captions[index], fontsize=7, color=color)
+    figure.suptitle(title)
     figure.tight_layout()
     _save(figure, path)

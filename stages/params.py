@@ -122,10 +122,12 @@ SCHEMA: dict[str, Any] = {
         "val_fraction": Field("float", minimum=0, maximum=1, open_min=True, open_max=True),
         "max_train_samples": Field("int", minimum=100, optional=True),
         "max_test_samples": Field("int", minimum=10, optional=True),
+        "samples_per_class": Field("int", minimum=1, maximum=20),
     },
     "train": TRAIN_SCHEMA,
     "evaluate": {
         "batch_size": Field("int", minimum=1),
+        "gallery_size": Field("int", minimum=0, maximum=200),
     },
 }
 

@@ -13,8 +13,9 @@ import sys
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from stages.artifacts import atomic_dir, prepared_dir, raw_dir, save_split, write_json
+from stages.artifacts import atomic_dir, plots_dir, prepared_dir, raw_dir, save_split, write_json
 from stages.datasets import FILENAMES, IMAGE_SHAPE, NUM_CLASSES, get_spec
+from stages.figures import plot_image_grid
 from stages.idx import IdxFormatError, load_image_label_pair
 from stages.params import load_params
 
@@ -50,6 +51,11 @@ def split_train_val(
         indices, test_size=val_fraction, stratify=labels, random_state=seed
     )
     return np.sort(train_idx), np.sort(val_idx)
+
+
+def first_per_class(labels: np.ndarray, per_class: int, num_classes: int = NUM_CLASSES) -> np.ndarray:
+    """Indices of the first `per_class` items of each class, class 0 first."""
+    return np.concatenate([np.flatnonzero(labels == k)[:per_class] for k in range(num_classes)])
 
 
 def class_counts(labels: np.ndarray, class_names: tuple[str, ...]) -> dict[str, int]:
@@ -105,6 +111,14 @@ def main(argv: list[str] | None = None) -> int:
         for split, (_, labels) in splits.items()
     }
     write_json(f"metrics/{spec.key}_data.json", summary)
+
+    # A picture of what the network sees: one row of training inputs per class.
+    per_class = settings["samples_per_class"]
+    images, labels = splits["train"]
+    shown = first_per_class(labels, per_class)
+    plot_image_grid(normalize_images(images[shown]), [spec.class_names[k] for k in labels[shown]],
+                    plots_dir(spec.key) / "samples.png",
+                    f"{spec.title}: training inputs, one row per class", columns=per_class)
     print(f"[preprocess] {spec.title}: " + ", ".join(
         f"{split} {info['count']}" for split, info in summary.items()))
     return 0

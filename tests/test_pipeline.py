@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from PIL import Image
 
 from stages.datasets import DATASETS
 from tests.conftest import PROJECT_ROOT
@@ -156,6 +157,89 @@ def test_second_repro_runs_nothing(project, first_run):
     assert "Data and pipelines are up to date" in dvc(project, "status")
 
 
+def predict(project: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "stages.predict", *args], cwd=project,
+                          env=command_env(), capture_output=True, text=True, timeout=TIMEOUT)
+
+
+def save_test_pngs(project: Path, dataset: str, count: int, directory: Path) -> list[str]:
+    """The first `count` prepared test images, written back as 8-bit PNG files."""
+    images = np.load(project / "data/prepared" / dataset / "test_images.npy", allow_pickle=False)
+    paths = []
+    for index in range(count):
+        path = directory / f"{dataset}_{index}.png"
+        Image.fromarray(np.round(images[index, ..., 0] * 255).astype(np.uint8)).save(path)
+        paths.append(str(path))
+    return paths
+
+
+def test_predict_matches_evaluate_and_reports_bad_files(project, first_run, tmp_path):
+    for dataset in DATASETS:
+        paths = save_test_pngs(project, dataset, 20, tmp_path)
+        rows = (project / "plots" / dataset / "confusion.csv").read_text().splitlines()[1:21]
+        expected = [row.rsplit(",", 1)[1] for row in rows]
+        result = predict(project, "--dataset", dataset, "--json", *paths)
+        assert result.returncode == 0, result.stderr
+        answers = json.loads(result.stdout)
+        assert [a["predictions"][0]["class"] for a in answers] == expected
+        for answer in answers:
+            probabilities = [p["probability"] for p in answer["predictions"]]
+            assert len(probabilities) == 3 and probabilities == sorted(probabilities, reverse=True)
+
+    good = tmp_path / "fashion_mnist_0.png"
+    good_class = (project / "plots/fashion_mnist/confusion.csv").read_text().splitlines()[1]
+    missing, text, cut = tmp_path / "missing.png", tmp_path / "notes.png", tmp_path / "cut.png"
+    text.write_text("not a picture")
+    data = good.read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    result = predict(project, "--dataset", "fashion_mnist", "--json",
+                     str(missing), str(good), str(text), str(cut))
+    assert result.returncode == 1
+    answers = json.loads(result.stdout)
+    assert answers[0] == {"path": str(missing), "error": "no such file"}
+    # The good file in the batch is still predicted.
+    assert answers[1]["predictions"][0]["class"] == good_class.rsplit(",", 1)[1]
+    assert answers[2]["error"].startswith("not an image")
+    assert answers[3]["error"].startswith("corrupt image")
+    for path in (missing, text, cut):
+        assert f"predict: {path}: " in result.stderr
+
+    result = predict(project, "--dataset", "mnist", "--model", "nowhere.keras", str(good))
+    assert result.returncode == 2
+    assert "run `dvc repro train@mnist` first" in result.stderr
+
+
+def test_predict_handles_a_photo_of_a_digit_on_paper(project, first_run, tmp_path):
+    """Digits 'photographed' dark-on-light, larger, off-centre, noisy, saved as JPEG."""
+    from stages.predict import prepare_image
+
+    paths = save_test_pngs(project, "mnist", 40, tmp_path)
+    rng = np.random.default_rng(0)
+    photos, correlations = [], []
+    for index, path in enumerate(paths):
+        ink = 255 - np.asarray(Image.open(path).resize((112, 112), Image.BICUBIC))
+        page = np.full((160, 220), 230.0)
+        page[30:142, 70:182] = ink * (210 / 255) + 15
+        page += rng.normal(0, 5, page.shape)
+        photo = tmp_path / f"photo_{index}.jpg"
+        Image.fromarray(np.clip(page, 0, 255).astype(np.uint8)).convert("RGB").save(photo)
+        photos.append(str(photo))
+        original = np.asarray(Image.open(path), dtype=np.float32) / 255
+        recovered = prepare_image(photo, "mnist")[..., 0]
+        correlations.append(np.corrcoef(original.ravel(), recovered.ravel())[0, 1])
+    # Photos come back as (nearly) the original 28 x 28 test images. Not all exactly:
+    # MNIST's own boxes are not always 20 px once anti-aliased (over the first 200 test
+    # digits: median 0.979, 5th percentile 0.80).
+    assert np.median(correlations) > 0.95 and min(correlations) > 0.5, correlations
+
+    # And the command line takes the JPEG photos like any other file.
+    result = predict(project, "--dataset", "mnist", "--json", *photos)
+    assert result.returncode == 0, result.stderr
+    for answer in json.loads(result.stdout):
+        probabilities = [p["probability"] for p in answer["predictions"]]
+        assert len(probabilities) == 3 and 0 < sum(probabilities) <= 1 + 1e-6
+
+
 def lock_outputs(project: Path) -> dict[str, str]:
     """{output path: md5} for every output recorded in dvc.lock."""
     lock = yaml.safe_load((project / "dvc.lock").read_text())
@@ -172,6 +256,41 @@ def test_forced_rerun_reproduces_every_output_bit_for_bit(project, first_run):
     assert "nothing to commit" in run(["git", "status"], project)
 
 
+OFFLINE_TEMPLATE = PROJECT_ROOT / ".dvc/tmp/plots_offline.html"
+VEGA_PLOTS = 5  # per dataset in dvc.yaml: loss, accuracy, learning rate, confusion x2
+
+
+def chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def test_plots_html_renders_offline_in_chromium(project, first_run, tmp_path):
+    browser = chromium()
+    if browser is None:
+        pytest.skip("Chromium is not installed (Debian package `chromium`; .ci/run installs it)")
+    assert OFFLINE_TEMPLATE.is_file(), "offline template missing: run scripts/setup.sh (needs npm)"
+    dvc(project, "plots", "show", "--html-template", str(OFFLINE_TEMPLATE))
+    page = project / "dvc_plots" / "index.html"
+    html = page.read_text()
+    assert "cdn.jsdelivr" not in html  # nothing is fetched from the network
+
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=20000"]
+    dom = subprocess.run([browser, *flags, "--dump-dom", page.as_uri()], capture_output=True,
+                         text=True, timeout=180).stdout
+    # vega-embed draws each chart into a <canvas> inside its container div.
+    assert dom.count("<canvas") == VEGA_PLOTS * len(DATASETS), dom[:2000]
+    assert "Error" not in re.sub(r"<script.*?</script>", "", dom, flags=re.S)
+
+    shot = tmp_path / "plots.png"
+    subprocess.run([browser, *flags, "--window-size=1400,2400", f"--screenshot={shot}",
+                    page.as_uri()], capture_output=True, timeout=180)
+    pixels = np.asarray(Image.open(shot).convert("RGB"))
+    non_white = np.mean(pixels.min(axis=2) < 240)
+    assert non_white > 0.02, f"screenshot is nearly blank ({non_white:.1%} non-white)"
+
+
 def test_exp_run_with_train_param_reruns_only_train_and_evaluate(project, first_run):
     output = dvc(project, "exp", "run", "-S", "train.learning_rate=0.003")
     assert stages_run(output) == {f"{stage}@{key}" for stage in ("train", "evaluate")
@@ -182,6 +301,53 @@ def test_exp_run_with_train_param_reruns_only_train_and_evaluate(project, first_
         assert "loss" in changes, changes
         assert changes["loss"]["old"] == first_run["metrics"][key]["loss"]
         assert changes["loss"]["new"] != changes["loss"]["old"]
+
+
+def experiments(table: list[dict]) -> list[dict]:
+    """Flatten `dvc exp show --json` into [{name, params, metrics}] for every experiment."""
+    found = []
+
+    def visit(node):
+        data = node.get("data") or {}
+        if data.get("params") and node.get("rev") != "workspace":
+            found.append({
+                "name": node.get("name") or data.get("rev"),
+                "params": data["params"]["params.yaml"]["data"],
+                "metrics": {path: value.get("data", {})
+                            for path, value in (data.get("metrics") or {}).items()},
+            })
+        for child in node.get("experiments") or []:
+            for rev in child.get("revs") or []:
+                visit(rev)
+
+    for node in table:
+        visit(node)
+    return found
+
+
+def test_queued_sweep_runs_both_points(project, first_run):
+    dvc(project, "exp", "run", "--queue", "-S", "train.learning_rate=0.002,0.004")
+    dvc(project, "queue", "start", "-j", "2")
+    deadline = time.monotonic() + 600
+    try:
+        while time.monotonic() < deadline:
+            status = dvc(project, "queue", "status")
+            if not re.search(r"\b(Queued|Running)\b", status):
+                break
+            time.sleep(3)
+        else:
+            pytest.fail(f"queued experiments still running after 600 s:\n{status}")
+    finally:
+        dvc(project, "queue", "stop")
+    assert "Failed" not in status, dvc(project, "queue", "logs", status.split()[-1])
+
+    swept = {exp["params"]["train"]["learning_rate"]: exp
+             for exp in experiments(json.loads(dvc(project, "exp", "show", "--json")))}
+    assert {0.002, 0.004} <= set(swept)
+    for rate in (0.002, 0.004):
+        for key in DATASETS:
+            assert 0.0 < swept[rate]["metrics"][f"metrics/{key}.json"]["accuracy"] <= 1.0
+    assert swept[0.002]["metrics"] != swept[0.004]["metrics"]
 
 
 def test_same_seed_gives_same_metrics(project, first_run):

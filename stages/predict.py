@@ -1,0 +1,171 @@
+"""Predict the class of your own images with a trained model (not a pipeline stage).
+
+    python -m stages.predict --dataset fashion_mnist shoe.jpg shirt.png [--json] [--top 3]
+
+Real photos are not 28 x 28 light-on-dark images, so each one is turned into one:
+  1. Pillow opens it (any size or mode Pillow reads: PNG, JPEG, ...) and applies its
+     EXIF rotation; a transparent background counts as white paper.
+  2. It becomes 8-bit grayscale.
+  3. An image that already is 28 x 28 on a dark background is in the datasets' own format
+     and is used exactly as it is. Anything else:
+  4. is inverted when its background is light (mean of the outermost pixels > 127), since
+     MNIST and Fashion-MNIST draw light objects on black; then the background level (the
+     median of the outermost pixels) is subtracted and the contrast stretched to 0-255,
+     so grey paper becomes black and a faint pen stroke becomes white;
+  5. is cropped to the object: the box around pixels brighter than 25 % of the brightest;
+  6. is scaled, aspect ratio kept, so its longer side is 20 px (MNIST, whose digits sit
+     in a 20 x 20 box) or 28 px (Fashion-MNIST, whose items fill the frame), and placed on
+     a black 28 x 28 canvas: its centre of mass at pixel (14, 14) for MNIST (as MNIST
+     itself was made), in the middle for Fashion-MNIST.
+  7. Pixels are scaled to [0, 1] by the same function the pipeline uses for training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+from PIL import Image, ImageOps, UnidentifiedImageError  # noqa: E402
+
+from stages.datasets import DATASETS, IMAGE_SHAPE, get_spec  # noqa: E402
+from stages.preprocess import normalize_images  # noqa: E402
+
+# Longer side of the object after fitting, per dataset (see step 6 above).
+FIT_SIZE = {"mnist": 20, "fashion_mnist": 28}
+CENTER_OF_MASS = {"mnist": True, "fashion_mnist": False}
+OBJECT_THRESHOLD = 0.25  # share of the brightest pixel that counts as object (step 5)
+
+
+class ImageError(ValueError):
+    """One input file cannot be used; the message says why."""
+
+
+def load_grayscale(path: Path) -> np.ndarray:
+    """Read any image Pillow understands as uint8 grayscale (steps 1-2)."""
+    if not path.is_file():
+        raise ImageError("no such file")
+    try:
+        with Image.open(path) as image:
+            image.load()  # decode now, so a truncated file fails here
+            image = ImageOps.exif_transpose(image)
+            if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+                rgba = image.convert("RGBA")
+                paper = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+                image = Image.alpha_composite(paper, rgba)
+            return np.asarray(image.convert("L"), dtype=np.uint8)
+    except UnidentifiedImageError:
+        raise ImageError("not an image Pillow can read") from None
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ImageError(f"corrupt image ({error})") from None
+
+
+def border_pixels(pixels: np.ndarray) -> np.ndarray:
+    return np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+
+
+def border_mean(pixels: np.ndarray) -> float:
+    return float(border_pixels(pixels).mean())
+
+
+def to_dataset_format(pixels: np.ndarray, dataset: str) -> np.ndarray:
+    """uint8 grayscale of any size → uint8 28 x 28, light object on black (steps 3-6)."""
+    height, width = IMAGE_SHAPE
+    if pixels.shape == IMAGE_SHAPE and border_mean(pixels) <= 127:
+        return pixels
+    if border_mean(pixels) > 127:
+        pixels = 255 - pixels
+    lifted = np.clip(pixels.astype(np.float64) - np.median(border_pixels(pixels)), 0, None)
+    pixels = np.round(lifted * (255.0 / max(lifted.max(), 1.0))).astype(np.uint8)
+    mask = pixels > OBJECT_THRESHOLD * max(int(pixels.max()), 1)
+    if mask.any():
+        rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+        pixels = pixels[rows[0]: rows[-1] + 1, cols[0]: cols[-1] + 1]
+
+    fit = FIT_SIZE[dataset]
+    scale = fit / max(pixels.shape)
+    size = (max(1, round(pixels.shape[1] * scale)), max(1, round(pixels.shape[0] * scale)))
+    resized = np.asarray(Image.fromarray(pixels).resize(size, Image.Resampling.LANCZOS))
+
+    canvas = np.zeros(IMAGE_SHAPE, dtype=np.uint8)
+    top, left = (height - resized.shape[0]) // 2, (width - resized.shape[1]) // 2
+    if CENTER_OF_MASS[dataset] and resized.sum() > 0:
+        ys, xs = np.indices(resized.shape)
+        total = resized.sum(dtype=np.float64)
+        # MNIST's digits have their centre of mass at pixel (14, 14): measured on its
+        # test set, the mean is (13.99, 14.01).
+        top = round(height / 2 - (ys * resized).sum() / total)
+        left = round(width / 2 - (xs * resized).sum() / total)
+        top = min(max(top, 0), height - resized.shape[0])
+        left = min(max(left, 0), width - resized.shape[1])
+    canvas[top: top + resized.shape[0], left: left + resized.shape[1]] = resized
+    return canvas
+
+
+def prepare_image(path: Path, dataset: str) -> np.ndarray:
+    """One file → float32 28 x 28 x 1 in [0, 1], exactly as the model was trained on."""
+    return normalize_images(to_dataset_format(load_grayscale(path), dataset)[np.newaxis])[0]
+
+
+def top_classes(probabilities: np.ndarray, class_names: tuple[str, ...], top: int) -> list[dict]:
+    order = np.argsort(-probabilities, kind="stable")[:top]
+    return [{"class": class_names[i], "probability": round(float(probabilities[i]), 6)}
+            for i in order]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Predict classes of image files with a model trained by the pipeline.")
+    parser.add_argument("--dataset", required=True, choices=sorted(DATASETS))
+    parser.add_argument("images", nargs="+", type=Path, help="image files (PNG, JPEG, ...)")
+    parser.add_argument("--model", type=Path, help="a .keras file (default models/<dataset>.keras)")
+    parser.add_argument("--top", type=int, default=3, help="how many classes to list (3)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+    args = parser.parse_args(argv)
+    spec = get_spec(args.dataset)
+
+    # Read every image first: a bad file is reported and the rest are still predicted.
+    results: list[dict] = []
+    batch, batch_rows = [], []
+    for path in args.images:
+        try:
+            batch.append(prepare_image(path, spec.key))
+            batch_rows.append(len(results))
+            results.append({"path": str(path)})
+        except ImageError as error:
+            results.append({"path": str(path), "error": str(error)})
+
+    if batch:
+        from stages.evaluate import load_trained_model  # TensorFlow loads only when needed
+
+        try:
+            model = load_trained_model(spec.key, args.model)
+        except (FileNotFoundError, ValueError) as error:
+            print(f"predict: cannot load the model: {error}", file=sys.stderr)
+            return 2
+        probabilities = model.predict(np.stack(batch), verbose=0)
+        for row, probs in zip(batch_rows, probabilities):
+            results[row]["predictions"] = top_classes(probs, spec.class_names, args.top)
+
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        for result in results:
+            if "error" in result:
+                continue
+            ranked = "   ".join(f"{p['class']} {p['probability']:.1%}"
+                                for p in result["predictions"])
+            print(f"{result['path']}: {ranked}")
+    for result in results:
+        if "error" in result:
+            print(f"predict: {result['path']}: {result['error']}", file=sys.stderr)
+    return 1 if any("error" in result for result in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""Turning arbitrary image files into the datasets' 28 x 28 format (no model needed)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from stages.predict import ImageError, load_grayscale, prepare_image, to_dataset_format
+from stages.preprocess import normalize_images
+
+
+def digit_like(rng) -> np.ndarray:
+    """A bright ring, a '0' 20 px tall, centre of mass at pixel (14, 14) as in MNIST."""
+    ys, xs = np.indices((28, 28))
+    radius = np.hypot((ys - 14) / 10, (xs - 14) / 7)
+    return np.where((radius > 0.65) & (radius < 1.0), 255, 0).astype(np.uint8)
+
+
+def test_dataset_format_images_are_used_as_is(tmp_path, rng):
+    pixels = rng.integers(0, 256, size=(28, 28), dtype=np.uint8)
+    pixels[0, :] = pixels[-1, :] = pixels[:, 0] = pixels[:, -1] = 0
+    Image.fromarray(pixels).save(tmp_path / "x.png")
+    np.testing.assert_array_equal(prepare_image(tmp_path / "x.png", "mnist"),
+                                  normalize_images(pixels[np.newaxis])[0])
+
+
+def test_light_background_photo_is_inverted_cropped_and_centred(tmp_path, rng):
+    digit = digit_like(rng)
+    paper = 255 - np.asarray(Image.fromarray(digit).resize((112, 112)))
+    photo = np.full((150, 200), 235, dtype=np.float64)  # slightly grey paper
+    photo[20:132, 60:172] = paper * (220 / 255) + 10
+    photo += rng.normal(0, 5, photo.shape)
+    Image.fromarray(np.clip(photo, 0, 255).astype(np.uint8)).convert("RGB").save(
+        tmp_path / "photo.jpg", quality=90)
+
+    result = prepare_image(tmp_path / "photo.jpg", "mnist")[..., 0]
+    assert result.shape == (28, 28) and result.dtype == np.float32
+    assert result.max() == pytest.approx(1.0, abs=0.02)  # contrast stretched
+    assert result[0].max() < 0.1 and result[:, 0].max() < 0.1  # black background
+    # The ring is 19 px tall and comes back 20 px tall (MNIST's box), hence not ~1.0;
+    # tests/test_pipeline.py checks real digits, which come back at > 0.95.
+    correlation = np.corrcoef(result.ravel(), digit.ravel() / 255.0)[0, 1]
+    assert correlation > 0.8
+
+
+def test_fashion_items_fill_the_frame(tmp_path):
+    item = np.full((40, 80), 255, dtype=np.uint8)  # a wide white item on white paper...
+    item[10:30, 5:75] = 30  # ...drawn dark
+    Image.fromarray(item).save(tmp_path / "bag.png")
+    result = prepare_image(tmp_path / "bag.png", "fashion_mnist")[..., 0]
+    rows = np.flatnonzero(result.max(axis=1) > 0.5)
+    cols = np.flatnonzero(result.max(axis=0) > 0.5)
+    assert cols[0] == 0 and cols[-1] == 27  # longer side scaled to 28 px
+    assert 13 - len(rows) // 2 <= rows[0] <= 15 - len(rows) // 2  # centred vertically
+
+
+def test_transparent_background_counts_as_paper(tmp_path):
+    rgba = np.zeros((60, 60, 4), dtype=np.uint8)  # fully transparent...
+    rgba[10:50, 25:35] = (0, 0, 0, 255)  # ...with an opaque black stroke
+    Image.fromarray(rgba, mode="RGBA").save(tmp_path / "stroke.png")
+    pixels = load_grayscale(tmp_path / "stroke.png")
+    assert pixels[0, 0] == 255 and pixels[30, 30] == 0
+    assert to_dataset_format(pixels, "mnist").max() == 255
+
+
+def test_blank_image_does_not_crash():
+    assert to_dataset_format(np.full((50, 50), 255, dtype=np.uint8), "mnist").max() == 0
+
+
+def test_unreadable_files_name_the_problem(tmp_path):
+    with pytest.raises(ImageError, match="no such file"):
+        load_grayscale(tmp_path / "missing.png")
+    (tmp_path / "notes.png").write_text("not a picture")
+    with pytest.raises(ImageError, match="not an image"):
+        load_grayscale(tmp_path / "notes.png")
+    Image.fromarray(np.zeros((64, 64), dtype=np.uint8)).save(tmp_path / "ok.png")
+    data = (tmp_path / "ok.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ImageError, match="corrupt image"):
+        load_grayscale(tmp_path / "cut.png")
