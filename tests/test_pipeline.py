@@ -157,6 +157,26 @@ def test_second_repro_runs_nothing(project, first_run):
     assert "Data and pipelines are up to date" in dvc(project, "status")
 
 
+def test_dvc_remote_round_trip(project, first_run, tmp_path):
+    """Share through a DVC remote: push here, pull into a fresh clone, nothing to re-run."""
+    remote = tmp_path / "dvc-remote"
+    dvc(project, "remote", "add", "--default", "shared", str(remote))
+    run(["git", "commit", "-qam", "add a DVC remote"], project)
+    dvc(project, "push")
+
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(project), str(clone)], tmp_path)
+    assert not (clone / "models" / "mnist.keras").exists()
+    dvc(clone, "pull")
+    assert stages_run(dvc(clone, "repro")) == set()
+    assert "Data and pipelines are up to date" in dvc(clone, "status")
+    assert json.loads(dvc(clone, "metrics", "show", "--json"))[""]["data"] == \
+        json.loads(dvc(project, "metrics", "show", "--json"))[""]["data"]
+    for key in DATASETS:
+        assert (clone / "models" / f"{key}.keras").read_bytes() == \
+            (project / "models" / f"{key}.keras").read_bytes()
+
+
 def predict(project: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "stages.predict", *args], cwd=project,
                           env=command_env(), capture_output=True, text=True, timeout=TIMEOUT)
@@ -301,6 +321,28 @@ def test_exp_run_with_train_param_reruns_only_train_and_evaluate(project, first_
         assert "loss" in changes, changes
         assert changes["loss"]["old"] == first_run["metrics"][key]["loss"]
         assert changes["loss"]["new"] != changes["loss"]["old"]
+
+
+def test_exp_push_and_pull_through_remotes(project, first_run, tmp_path):
+    """An experiment travels like a branch: git refs to a git remote, data to the DVC remote."""
+    names = dvc(project, "exp", "list", "--name-only").split()
+    assert names, "no experiment to share"
+    origin = tmp_path / "origin.git"
+    run(["git", "init", "-q", "--bare", str(origin)], tmp_path)
+    run(["git", "remote", "add", "origin", str(origin)], project)
+    run(["git", "push", "-q", "origin", "HEAD"], project)
+    dvc(project, "exp", "push", "origin", names[0])
+
+    clone = tmp_path / "teammate"
+    run(["git", "clone", "-q", str(origin), str(clone)], tmp_path)
+    dvc(clone, "exp", "pull", "origin", names[0])
+    assert names[0] in dvc(clone, "exp", "list", "--name-only").split()
+    shared = {exp["name"]: exp for exp in
+              experiments(json.loads(dvc(clone, "exp", "show", "--json")))}
+    assert shared[names[0]]["params"]["train"]["learning_rate"] == 0.003
+    dvc(clone, "exp", "apply", names[0])
+    dvc(clone, "pull")
+    assert (clone / "models" / "mnist.keras").is_file()
 
 
 def experiments(table: list[dict]) -> list[dict]:
