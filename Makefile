@@ -14,7 +14,7 @@ repro: setup          ## run the whole pipeline (both datasets)
 	dvc repro
 	dvc metrics show
 
-test: setup           ## the test suite (about 5 minutes on 2 cores)
+test: setup           ## the test suite (about 7 minutes on 2 cores)
 	python -m pytest
 
 lock:                 ## re-pin requirements.txt from requirements.in in a scratch venv
