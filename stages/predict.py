@@ -76,9 +76,10 @@ def border_mean(pixels: np.ndarray) -> float:
 def to_dataset_format(pixels: np.ndarray, dataset: str) -> np.ndarray:
     """uint8 grayscale of any size → uint8 28 x 28, light object on black (steps 3-6)."""
     height, width = IMAGE_SHAPE
-    if pixels.shape == IMAGE_SHAPE and border_mean(pixels) <= 127:
+    light_background = border_mean(pixels) > 127
+    if pixels.shape == IMAGE_SHAPE and not light_background:
         return pixels
-    if border_mean(pixels) > 127:
+    if light_background:
         pixels = 255 - pixels
     lifted = np.clip(pixels.astype(np.float64) - np.median(border_pixels(pixels)), 0, None)
     pixels = np.round(lifted * (255.0 / max(lifted.max(), 1.0))).astype(np.uint8)

@@ -23,6 +23,7 @@ import yaml
 from PIL import Image
 
 from stages.datasets import DATASETS
+from stages.params import _deep_merge
 from tests.conftest import PROJECT_ROOT
 
 pytestmark = pytest.mark.integration
@@ -33,14 +34,6 @@ TINY_OVERRIDE = {
     "train": {"epochs": 1, "batch_size": 32},
 }
 TIMEOUT = 900  # seconds for any one command: bounded even if something hangs
-
-
-def deep_update(base: dict, override: dict) -> None:
-    for key, value in override.items():
-        if isinstance(value, dict):
-            deep_update(base[key], value)
-        else:
-            base[key] = value
 
 
 def command_env() -> dict[str, str]:
@@ -84,8 +77,7 @@ def project(tmp_path_factory) -> Path:
             shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy2(source, target)
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    deep_update(params, TINY_OVERRIDE)
+    params = _deep_merge(yaml.safe_load((root / "params.yaml").read_text()), TINY_OVERRIDE)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(["git", "init", "-q"], root)
     run(["git", "add", "-A"], root)
