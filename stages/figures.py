@@ -47,7 +47,8 @@ def plot_training_curves(history: dict[str, list[float]], path: Path | str, titl
     _save(figure, path)
 
 
-def _draw_matrix(axis, values, labels, class_names, title, vmax) -> None:
+def _draw_matrix(axis, values, labels, class_names, title, vmax):
+    """Draw one heat map with a label per cell; return the image (for a colour bar)."""
     image = axis.imshow(values, cmap="Blues", vmin=0, vmax=vmax)
     ticks = np.arange(len(class_names))
     axis.set_xticks(ticks, class_names, rotation=45, ha="right")
@@ -80,7 +81,6 @@ def plot_confusion_matrix(
 
 def plot_image_grid(
     images: np.ndarray, captions: list[str], path: Path | str, title: str, columns: int,
-    caption_colors: list[str] | None = None,
 ) -> None:
     """Grayscale images (N x H x W [x 1], values in [0, 1]) in a grid with a caption each."""
     rows = max(1, int(np.ceil(len(images) / columns)))
@@ -91,8 +91,7 @@ def plot_image_grid(
         if index >= len(images):
             continue
         axis.imshow(np.squeeze(images[index]), cmap="gray", vmin=0, vmax=1)
-        color = caption_colors[index] if caption_colors else "black"
-        axis.set_title(captions[index], fontsize=7, color=color)
+        axis.set_title(captions[index], fontsize=7)
     figure.suptitle(title)
     figure.tight_layout()
     _save(figure, path)

@@ -1,7 +1,8 @@
 """The CNN family from the seed write-up, built entirely from params.
 
-Each block is `convs_per_block` × (conv → [batch-norm] → ReLU), then 2×2 max-pool
+Block i is `convs_per_block[i]` × (conv → [batch-norm] → ReLU), then 2×2 max-pool
 and dropout; the head is dense layers with dropout and a softmax over the classes.
+`compile_model` adds the optimizer, learning-rate schedule and loss from params.
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ def build_model(model_params: dict, input_shape: tuple[int, ...], num_classes: i
     bn_momentum = model_params["batch_norm_momentum"]
     inputs = keras.Input(shape=input_shape, name="image")
     x = inputs
-    for block, filters in enumerate(model_params["conv_filters"], start=1):
-        for conv in range(1, model_params["convs_per_block"] + 1):
+    blocks = zip(model_params["conv_filters"], model_params["convs_per_block"], strict=True)
+    for block, (filters, convs) in enumerate(blocks, start=1):
+        for conv in range(1, convs + 1):
             # With batch-norm right after, a conv bias would be redundant.
             x = layers.Conv2D(filters, model_params["kernel_size"], padding="same",
                               use_bias=not batch_norm, name=f"block{block}_conv{conv}")(x)
@@ -46,14 +48,45 @@ def build_model(model_params: dict, input_shape: tuple[int, ...], num_classes: i
             x = layers.BatchNormalization(momentum=bn_momentum, name=f"dense{index}_bn")(x)
         x = layers.Activation("relu", name=f"dense{index}_relu")(x)
         x = layers.Dropout(model_params["dense_dropout"], name=f"dense{index}_dropout")(x)
-    outputs = layers.Dense(num_classes, activation="softmax", name="class_probabilities")(x)
+    x = layers.Dense(num_classes, name="class_logits")(x)
+    # Softmax (and so the loss) in float32 even under mixed precision: bfloat16 has
+    # too few mantissa bits for probabilities near 0 and 1.
+    outputs = layers.Activation("softmax", dtype="float32", name="class_probabilities")(x)
     return keras.Model(inputs, outputs, name="cnn")
 
 
-def compile_model(model: keras.Model, learning_rate: float) -> keras.Model:
+def learning_rate_schedule(train_params: dict, learning_rate: float, steps_per_epoch: int):
+    """A constant rate, or a linear warm-up to `learning_rate` then cosine decay to 0."""
+    schedule = train_params["lr_schedule"]
+    if schedule["name"] == "constant":
+        return learning_rate
+    warmup_steps = schedule["warmup_epochs"] * steps_per_epoch
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0 if warmup_steps else learning_rate,
+        decay_steps=train_params["epochs"] * steps_per_epoch - warmup_steps,
+        warmup_target=learning_rate if warmup_steps else None,
+        warmup_steps=warmup_steps,
+    )
+
+
+def compile_model(model: keras.Model, train_params: dict, steps_per_epoch: int,
+                  learning_rate: float | None = None) -> keras.Model:
+    """Adam or AdamW (decoupled weight decay), label-smoothed cross-entropy, accuracy.
+
+    `learning_rate` overrides the params' rate (the distributed run scales it).
+    """
+    rate = learning_rate_schedule(
+        train_params, learning_rate or train_params["learning_rate"], steps_per_epoch
+    )
+    if train_params["optimizer"] == "adamw":
+        optimizer = keras.optimizers.AdamW(learning_rate=rate,
+                                           weight_decay=train_params["weight_decay"])
+    else:
+        optimizer = keras.optimizers.Adam(learning_rate=rate)
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
-        loss="categorical_crossentropy",
+        optimizer=optimizer,
+        loss=keras.losses.CategoricalCrossentropy(
+            label_smoothing=train_params["label_smoothing"]),
         metrics=["accuracy"],
     )
     return model

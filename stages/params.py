@@ -26,7 +26,7 @@ class ParamsError(ValueError):
 class Field:
     """One leaf of the schema: its type and the values it may take."""
 
-    kind: str  # "int", "float", "bool", "str", "int_list"
+    kind: str  # "int", "float", "bool", "str", "int_list", "str_list"
     minimum: float | None = None
     maximum: float | None = None
     open_min: bool = False  # value must be strictly greater than minimum
@@ -37,7 +37,8 @@ class Field:
 
     def describe(self) -> str:
         parts = {"int": "an integer", "float": "a number", "bool": "true or false",
-                 "str": "a string", "int_list": "a list of integers"}[self.kind]
+                 "str": "a string", "int_list": "a list of integers",
+                 "str_list": "a list of strings"}[self.kind]
         if self.kind == "int_list" and self.min_items:
             parts = f"a list of at least {self.min_items} integer(s), each"
         if self.choices:
@@ -55,6 +56,9 @@ class Field:
     def accepts(self, value: Any) -> bool:
         if value is None:
             return self.optional
+        if self.kind == "str_list":
+            return (isinstance(value, list) and len(value) >= self.min_items
+                    and all(isinstance(v, str) and v for v in value))
         if self.kind == "int_list":
             return (isinstance(value, list) and len(value) >= self.min_items
                     and all(self._in_range(v) for v in value))
@@ -81,15 +85,31 @@ class Field:
 
 
 MONITORS = ("val_loss", "val_accuracy")
+PRECISIONS = ("float32", "mixed_bfloat16", "auto")
+OPTIMIZERS = ("adam", "adamw")
+LR_SCHEDULES = ("constant", "cosine")
+STRATEGIES = ("none", "mirrored", "multi_worker")
 
 TRAIN_SCHEMA: dict[str, Any] = {
     "epochs": Field("int", minimum=1),
     "batch_size": Field("int", minimum=1),
+    "precision": Field("str", choices=PRECISIONS),
+    "optimizer": Field("str", choices=OPTIMIZERS),
     "learning_rate": Field("float", minimum=0, open_min=True),
+    "weight_decay": Field("float", minimum=0),
+    "lr_schedule": {
+        "name": Field("str", choices=LR_SCHEDULES),
+        "warmup_epochs": Field("int", minimum=0),
+    },
+    "label_smoothing": Field("float", minimum=0, maximum=1, open_max=True),
+    "augment": {
+        "shift_pixels": Field("int", minimum=0, maximum=8),
+        "horizontal_flip": Field("bool"),
+    },
     "backup_and_restore": Field("bool"),
     "model": {
         "conv_filters": Field("int_list", minimum=1),
-        "convs_per_block": Field("int", minimum=1),
+        "convs_per_block": Field("int_list", minimum=1),
         "kernel_size": Field("int", minimum=1, maximum=7),
         "batch_norm": Field("bool"),
         "batch_norm_momentum": Field("float", minimum=0, maximum=1, open_min=True, open_max=True),
@@ -108,6 +128,12 @@ TRAIN_SCHEMA: dict[str, Any] = {
         "factor": Field("float", minimum=0, maximum=1, open_min=True, open_max=True),
         "patience": Field("int", minimum=0),
         "min_lr": Field("float", minimum=0),
+    },
+    "distribution": {
+        "strategy": Field("str", choices=STRATEGIES),
+        "devices": Field("str_list", min_items=0),
+        "batch_size_per_replica": Field("bool"),
+        "scale_learning_rate": Field("bool"),
     },
 }
 
@@ -162,6 +188,7 @@ def validate_params(params: Any) -> dict:
     if not isinstance(params, dict):
         raise ParamsError("params.yaml must be a mapping at the top level")
     _validate({k: v for k, v in params.items() if k != "datasets"}, SCHEMA, "", partial=False)
+    _check_train_consistency(params["train"], "train")
 
     datasets = params.get("datasets")
     if not isinstance(datasets, dict) or not datasets:
@@ -176,7 +203,30 @@ def validate_params(params: Any) -> dict:
             )
         # A dataset may override any subset of the shared `train` section.
         _validate(settings or {}, {"train": TRAIN_SCHEMA}, f"datasets.{name}", partial=True)
+        _check_train_consistency(train_params_for(params, name), f"datasets.{name}.train")
     return params
+
+
+def _check_train_consistency(train: dict, path: str) -> None:
+    """Rules that span several keys of one (merged) train section."""
+    blocks, convs = train["model"]["conv_filters"], train["model"]["convs_per_block"]
+    if len(convs) != len(blocks):
+        raise ParamsError(
+            f"params.yaml: {path}.model.convs_per_block = {convs} needs one entry per conv "
+            f"block, like conv_filters = {blocks}"
+        )
+    if train["reduce_lr"]["enabled"] and train["lr_schedule"]["name"] != "constant":
+        raise ParamsError(
+            f"params.yaml: {path}.reduce_lr.enabled = true needs lr_schedule.name = constant "
+            f"(got {train['lr_schedule']['name']!r}): ReduceLROnPlateau cannot change the rate "
+            "of a schedule. Turn one of them off."
+        )
+    if train["lr_schedule"]["warmup_epochs"] >= train["epochs"]:
+        raise ParamsError(
+            f"params.yaml: {path}.lr_schedule.warmup_epochs = "
+            f"{train['lr_schedule']['warmup_epochs']} leaves no epoch after the warm-up "
+            f"(epochs = {train['epochs']})"
+        )
 
 
 def load_params(path: Path | str = PARAMS_FILE) -> dict:

@@ -3,12 +3,15 @@
 Reads params `seed`, `train` and any per-dataset override in `datasets.<name>.train`.
 Writes the model (models/<dataset>.keras), per-epoch curves through DVCLive
 (plots/<dataset>/training/), a PNG of them, and a small summary
-(metrics/<dataset>_training.json).
+(metrics/<dataset>_training.json). Under a multi-worker strategy every worker trains,
+and only the chief writes.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import math
 import os
 import sys
 import time
@@ -24,8 +27,10 @@ from dvclive.keras import DVCLiveCallback  # noqa: E402
 from stages.artifacts import load_split, model_path, plots_dir, write_json  # noqa: E402
 from stages.datasets import NUM_CLASSES, get_spec  # noqa: E402
 from stages.figures import plot_training_curves  # noqa: E402
+from stages.input_pipeline import evaluation_dataset, training_dataset  # noqa: E402
 from stages.model import build_model, compile_model, save_model  # noqa: E402
 from stages.params import load_params, train_params_for  # noqa: E402
+from stages.runtime import make_distribution, set_precision  # noqa: E402
 
 
 # Where BackupAndRestore keeps interrupted training state (git-ignored, not a DVC output,
@@ -98,47 +103,74 @@ def main(argv: list[str] | None = None) -> int:
     params = load_params()
     spec = get_spec(args.dataset)
     train_params = train_params_for(params, spec.key)
+    # Devices, strategy and precision first: TF fixes them when it starts, Keras when
+    # layers are built.
+    distribution = make_distribution(train_params["distribution"], train_params["batch_size"],
+                                     train_params["learning_rate"])
+    policy = set_precision(train_params["precision"])
     make_deterministic(params["seed"])
 
-    # Prepare data.
+    # Prepare data: a tf.data pipeline that shuffles, augments and prefetches.
     x_train, y_train = load_split(spec.key, "train")
     x_val, y_val = load_split(spec.key, "val")
+    batch_size = distribution.global_batch_size
+    train_data = training_dataset(x_train, y_train, batch_size, params["seed"],
+                                  train_params["augment"])
+    val_data = evaluation_dataset(x_val, y_val, batch_size)
+    steps_per_epoch = math.ceil(len(x_train) / batch_size)
 
-    # Build the model.
-    model = build_model(train_params["model"], x_train.shape[1:], NUM_CLASSES)
-    compile_model(model, train_params["learning_rate"])
-    model.summary()
+    # Build the model (its variables live where the strategy puts them).
+    with distribution.strategy.scope():
+        model = build_model(train_params["model"], x_train.shape[1:], NUM_CLASSES)
+        compile_model(model, train_params, steps_per_epoch, distribution.learning_rate)
+    if isinstance(distribution.strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        # Keras 3.15's fit() first builds the model from one batch reduced with
+        # strategy.reduce(), which MultiWorkerMirroredStrategy cannot do for an
+        # (images, labels) pair (keras-team/keras#20585). Without a pinned strategy Keras
+        # builds while tracing instead and takes the strategy of the scope fit() runs in.
+        model._distribute_strategy = None
+    if distribution.is_chief:
+        model.summary()
+    print(f"[train] precision {policy}, {distribution.replicas} replica(s), global batch "
+          f"{batch_size}, peak learning rate {distribution.learning_rate:g}")
 
-    # Train. DVCLive records every epoch's metrics as TSV for `dvc plots`.
+    # Train. DVCLive (chief only) records every epoch's metrics as TSV for `dvc plots`.
+    callbacks = build_callbacks(train_params, BACKUP_DIR / spec.key)
+    live = (Live(str(plots_dir(spec.key) / "training"), dvcyaml=False, save_dvc_exp=False)
+            if distribution.is_chief else contextlib.nullcontext())
     started = time.perf_counter()
-    with Live(str(plots_dir(spec.key) / "training"), dvcyaml=False, save_dvc_exp=False) as live:
+    with live, distribution.strategy.scope():
+        if distribution.is_chief:
+            callbacks.append(DVCLiveCallback(live=live))
         history = model.fit(
-            x_train, y_train,
-            validation_data=(x_val, y_val),
+            train_data,
+            validation_data=val_data,
             epochs=train_params["epochs"],
-            batch_size=train_params["batch_size"],
-            shuffle=True,
-            callbacks=build_callbacks(train_params, BACKUP_DIR / spec.key)
-            + [DVCLiveCallback(live=live)],
+            shuffle=False,  # the dataset shuffles itself, reproducibly
+            callbacks=callbacks,
             # One line per epoch when logged to a file; a live progress bar in a terminal.
             verbose=1 if sys.stdout.isatty() else 2,
         ).history
     seconds = time.perf_counter() - started
+    selected = selected_epoch_index(history, train_params["early_stopping"])
+    print(f"[train] {spec.title}: {len(history['loss'])} epochs in {seconds:.0f} s "
+          f"({len(history['loss']) * len(x_train) / seconds:.0f} images/s); "
+          f"kept epoch {selected + 1}: val_accuracy {history['val_accuracy'][selected]:.4f}")
+    if not distribution.is_chief:
+        return 0  # the chief holds the same weights and writes them
 
     # Save the model (weights restored to the best epoch when early stopping is on).
     save_model(model, model_path(spec.key))
-
-    selected = selected_epoch_index(history, train_params["early_stopping"])
     write_json(f"metrics/{spec.key}_training.json", {
         "epochs_run": len(history["loss"]),
         "selected_epoch": selected + 1,
         "parameters": int(model.count_params()),
+        "precision": policy,
+        "replicas": distribution.replicas,
         "selected": {name: round(float(values[selected]), 6) for name, values in history.items()},
     })
     plot_training_curves(history, plots_dir(spec.key) / "training_curves.png",
                          f"{spec.title}: training curves")
-    print(f"[train] {spec.title}: {len(history['loss'])} epochs in {seconds:.0f} s; "
-          f"kept epoch {selected + 1}: val_accuracy {history['val_accuracy'][selected]:.4f}")
     return 0
 
 

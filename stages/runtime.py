@@ -1,0 +1,168 @@
+"""Where and how training runs: number precision and tf.distribute strategy.
+
+Both are chosen from params (`train.precision`, `train.distribution`) before any model
+exists, because Keras reads the dtype policy and the strategy scope when layers are built.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+
+CPUINFO = Path("/proc/cpuinfo")
+# CPU features with bfloat16 matrix kernels (oneDNN uses them through TF).
+BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
+# NVIDIA GPUs do bfloat16 math from compute capability 8.0 (Ampere) on.
+BF16_GPU_CAPABILITY = (8, 0)
+
+
+def cpu_flags(cpuinfo: Path = CPUINFO) -> set[str]:
+    """The feature flags the kernel reports for the first CPU (empty off Linux)."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def gpu_supports_bfloat16() -> bool:
+    gpus = tf.config.list_physical_devices("GPU")
+    capabilities = [tf.config.experimental.get_device_details(gpu).get("compute_capability")
+                    for gpu in gpus]
+    return bool(gpus) and all(c is not None and tuple(c) >= BF16_GPU_CAPABILITY
+                              for c in capabilities)
+
+
+def resolve_precision(setting: str, flags: set[str] | None = None,
+                      gpu_bf16: bool | None = None) -> str:
+    """The Keras dtype policy for `train.precision`.
+
+    `auto` picks mixed_bfloat16 only where the hardware computes in bfloat16 natively
+    (every visible GPU from Ampere on, or, without GPUs, a CPU with AMX/AVX512-BF16);
+    elsewhere bfloat16 is emulated and slower than float32.
+    """
+    if setting != "auto":
+        return setting
+    if tf.config.list_physical_devices("GPU"):
+        native = gpu_supports_bfloat16() if gpu_bf16 is None else gpu_bf16
+    else:
+        native = bool((cpu_flags() if flags is None else flags) & set(BF16_CPU_FLAGS))
+    return "mixed_bfloat16" if native else "float32"
+
+
+def set_precision(setting: str) -> str:
+    """Set Keras' global dtype policy from `train.precision`; return the policy name."""
+    policy = resolve_precision(setting)
+    keras.mixed_precision.set_global_policy(policy)
+    return policy
+
+
+@dataclass(frozen=True)
+class Distribution:
+    """The strategy to build the model under, and what it means for batches and rates."""
+
+    strategy: tf.distribute.Strategy
+    replicas: int
+    global_batch_size: int
+    learning_rate: float
+    is_chief: bool  # only the chief writes outputs (model, metrics, plots)
+
+
+def split_cpu(devices: list[str]) -> None:
+    """Make enough logical CPU devices for the CPUs `devices` names.
+
+    Lets a CPU-only machine try MirroredStrategy (e.g. devices: ["/cpu:0", "/cpu:1"]).
+    Must run before TensorFlow initialises its devices.
+    """
+    wanted = sum(1 for d in devices if "cpu" in d.lower())
+    if wanted <= 1:
+        return
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(wanted)]
+    )
+
+
+def chief_from_tf_config(tf_config: dict) -> bool:
+    """True for the task that writes outputs: the `chief`, else worker 0."""
+    task = tf_config.get("task", {})
+    task_type, task_id = task.get("type"), int(task.get("index", 0))
+    if "chief" in tf_config.get("cluster", {}):
+        return task_type == "chief"
+    return task_type == "worker" and task_id == 0
+
+
+def make_distribution(settings: dict, batch_size: int, learning_rate: float) -> Distribution:
+    """Build the strategy `train.distribution.strategy` names and the scaled batch/rate.
+
+    - none: TensorFlow's default strategy (one device: the GPU if there is one, else CPU).
+    - mirrored: synchronous data parallelism over the listed devices (all GPUs if none).
+    - multi_worker: the same across machines; the cluster comes from TF_CONFIG.
+    With `batch_size_per_replica`, batch_size is what each replica sees and the global
+    batch grows with the replicas; `scale_learning_rate` then applies the linear rule
+    (rate × global batch / batch_size) so that one epoch moves the weights about as far.
+    """
+    name = settings["strategy"]
+    is_chief = True
+    if name == "none":
+        strategy = tf.distribute.get_strategy()
+    elif name == "mirrored":
+        split_cpu(settings["devices"])
+        strategy = tf.distribute.MirroredStrategy(devices=settings["devices"] or None)
+    else:
+        raw = os.environ.get("TF_CONFIG")
+        if not raw:
+            raise RuntimeError(
+                "train.distribution.strategy = multi_worker needs the TF_CONFIG environment "
+                "variable (cluster and this task), e.g. TF_CONFIG='{\"cluster\": {\"worker\": "
+                "[\"host1:12345\", \"host2:12345\"]}, \"task\": {\"type\": \"worker\", "
+                "\"index\": 0}}'; see README, Scaling out"
+            )
+        try:
+            is_chief = chief_from_tf_config(json.loads(raw))
+        except (ValueError, AttributeError, TypeError) as error:
+            raise RuntimeError(f"TF_CONFIG is not valid JSON of a cluster: {error}") from None
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        _patch_keras_multi_worker_mean()
+
+    replicas = strategy.num_replicas_in_sync
+    global_batch = batch_size * replicas if settings["batch_size_per_replica"] else batch_size
+    rate = learning_rate * global_batch / batch_size if settings["scale_learning_rate"] \
+        else learning_rate
+    return Distribution(strategy, replicas, global_batch, rate, is_chief)
+
+
+def _patch_keras_multi_worker_mean() -> None:
+    """Let Keras' fit() average scalar logs across workers.
+
+    Keras 3.15 reduces each step's logs under MultiWorkerMirroredStrategy with
+    strategy.reduce("MEAN", value, axis=0), which fails for the scalar loss and metrics
+    ("Invalid reduction dimension 0 for input with 0 dimensions"; keras-team/keras#20585).
+    Averaging a scalar over the replicas is reduce(axis=None); this wraps Keras' helper
+    to do that for scalars and leaves every other case to Keras.
+    """
+    from keras.src.backend.tensorflow import trainer
+
+    original = trainer.reduce_per_replica
+    if getattr(original, "scalar_mean_patch", False):
+        return
+
+    def reduce_per_replica(values, strategy, reduction):
+        if reduction in ("auto", "mean") and trainer._collective_all_reduce_multi_worker(strategy):
+            return tf.nest.map_structure(
+                lambda value: strategy.reduce("MEAN", value, axis=None)
+                if value.shape.rank == 0 else original(value, strategy, reduction),
+                values,
+            )
+        return original(values, strategy, reduction)
+
+    reduce_per_replica.scalar_mean_patch = True
+    trainer.reduce_per_replica = reduce_per_replica
