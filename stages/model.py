@@ -1,7 +1,9 @@
 """The CNN family from the seed write-up, built entirely from params.
 
 Block i is `convs_per_block[i]` × (conv → [batch-norm] → ReLU), then 2×2 max-pool
-and dropout; the head is dense layers with dropout and a softmax over the classes.
+and dropout; the head is dense layers with dropout and a softmax over the classes
+(with no hidden dense layer, the dropout sits between the flatten and the softmax).
+Dropout layers of rate 0 are left out.
 `compile_model` adds the optimizer, learning-rate schedule and loss from params.
 """
 
@@ -32,22 +34,28 @@ def build_model(model_params: dict, input_shape: tuple[int, ...], num_classes: i
     for block, (filters, convs) in enumerate(blocks, start=1):
         for conv in range(1, convs + 1):
             # With batch-norm right after, a conv bias would be redundant.
-            x = layers.Conv2D(filters, model_params["kernel_size"], padding="same",
+            x = layers.Conv2D(filters, model_params["kernel_size"],
+                              padding=model_params["padding"],
                               use_bias=not batch_norm, name=f"block{block}_conv{conv}")(x)
             if batch_norm:
                 x = layers.BatchNormalization(momentum=bn_momentum,
                                               name=f"block{block}_bn{conv}")(x)
             x = layers.Activation("relu", name=f"block{block}_relu{conv}")(x)
         x = layers.MaxPooling2D(name=f"block{block}_pool")(x)
-        x = layers.Dropout(model_params["conv_dropout"], name=f"block{block}_dropout")(x)
+        if model_params["conv_dropout"]:
+            x = layers.Dropout(model_params["conv_dropout"], name=f"block{block}_dropout")(x)
 
     x = layers.Flatten(name="flatten")(x)
+    dense_dropout = model_params["dense_dropout"]
+    if not model_params["dense_units"] and dense_dropout:
+        x = layers.Dropout(dense_dropout, name="flatten_dropout")(x)
     for index, units in enumerate(model_params["dense_units"], start=1):
         x = layers.Dense(units, use_bias=not batch_norm, name=f"dense{index}")(x)
         if batch_norm:
             x = layers.BatchNormalization(momentum=bn_momentum, name=f"dense{index}_bn")(x)
         x = layers.Activation("relu", name=f"dense{index}_relu")(x)
-        x = layers.Dropout(model_params["dense_dropout"], name=f"dense{index}_dropout")(x)
+        if dense_dropout:
+            x = layers.Dropout(dense_dropout, name=f"dense{index}_dropout")(x)
     x = layers.Dense(num_classes, name="class_logits")(x)
     # Softmax (and so the loss) in float32 even under mixed precision: bfloat16 has
     # too few mantissa bits for probabilities near 0 and 1.

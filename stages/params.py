@@ -111,6 +111,7 @@ TRAIN_SCHEMA: dict[str, Any] = {
         "conv_filters": Field("int_list", minimum=1),
         "convs_per_block": Field("int_list", minimum=1),
         "kernel_size": Field("int", minimum=1, maximum=7),
+        "padding": Field("str", choices=("same", "valid")),
         "batch_norm": Field("bool"),
         "batch_norm_momentum": Field("float", minimum=0, maximum=1, open_min=True, open_max=True),
         "conv_dropout": Field("float", minimum=0, maximum=1, open_max=True),

@@ -38,6 +38,14 @@ def with_value(params: dict, dotted: str, value):
         ("train.early_stopping.monitor", "val_acc", r"one of val_loss, val_accuracy"),
         ("train.model.conv_filters", [], r"conv_filters = \[\]"),
         ("seed", None, r"seed = None"),
+        ("train.precision", "float16", r"precision = 'float16' .* one of float32, mixed_bfloat16, auto"),
+        ("train.optimizer", "sgd", r"optimizer = 'sgd' .* one of adam, adamw"),
+        ("train.label_smoothing", 1.0, r"label_smoothing = 1.0"),
+        ("train.augment.shift_pixels", -1, r"shift_pixels = -1"),
+        ("train.distribution.strategy", "parameter_server", r"one of none, mirrored, multi_worker"),
+        ("train.distribution.devices", "/gpu:0", r"devices = '/gpu:0' .* list of strings"),
+        ("train.model.convs_per_block", [1, 2], r"convs_per_block = \[1, 2\] needs one entry per"),
+        ("train.lr_schedule.warmup_epochs", 40, r"warmup_epochs = 40 leaves no epoch"),
     ],
 )
 def test_bad_values_name_key_value_and_rule(params, key, value, message):
@@ -65,7 +73,7 @@ def test_per_dataset_override_is_merged_and_validated(params):
     fashion = train_params_for(changed, "fashion_mnist")
     assert fashion["epochs"] == 30 and fashion["model"]["dense_units"] == [64]
     assert fashion["model"]["conv_filters"] == params["train"]["model"]["conv_filters"]
-    assert train_params_for(changed, "mnist") == params["train"]
+    assert train_params_for(changed, "mnist") == train_params_for(params, "mnist")
     with pytest.raises(ParamsError, match=r"datasets.mnist.train.epochs = 0"):
         validate_params(with_value(params, "datasets.mnist.train", {"epochs": 0}))
 
@@ -76,3 +84,17 @@ def test_load_reports_missing_file(tmp_path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump([1, 2]))
     with pytest.raises(ParamsError, match="must be a mapping"):
         load_params(tmp_path / "params.yaml")
+
+
+def test_reduce_lr_on_plateau_needs_a_constant_rate(params):
+    both = with_value(params, "train.reduce_lr.enabled", True)
+    with pytest.raises(ParamsError, match=r"reduce_lr.enabled = true needs lr_schedule.name"):
+        validate_params(both)
+    seed_style = with_value(both, "train.lr_schedule.name", "constant")
+    assert validate_params(seed_style)["train"]["reduce_lr"]["enabled"] is True
+
+
+def test_consistency_is_checked_after_the_per_dataset_merge(params):
+    bad = with_value(params, "datasets.mnist.train", {"model": {"conv_filters": [16]}})
+    with pytest.raises(ParamsError, match=r"datasets.mnist.train.model.convs_per_block"):
+        validate_params(bad)

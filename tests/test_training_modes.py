@@ -1,0 +1,141 @@
+"""Integration: the real train stage on a tiny MNIST subset, in every precision and
+distribution mode it offers (CPU only: two logical CPUs, two local worker processes)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from stages.params import _deep_merge
+from tests.conftest import PROJECT_ROOT
+
+pytestmark = pytest.mark.integration
+
+TINY = {
+    "preprocess": {"max_train_samples": 3000, "max_test_samples": 500},
+    "train": {"epochs": 1, "batch_size": 32, "lr_schedule": {"warmup_epochs": 0}},
+}
+TIMEOUT = 300  # seconds for any one process
+# A 1-epoch model on 300 validation images moves by a few points under any change of
+# arithmetic: float32 vs bfloat16 here, per-replica batch-norm statistics (16 images per
+# replica instead of 32) and summation order under a strategy. 0.08 = 24 images.
+DISTRIBUTED_TOLERANCE = 0.08
+OUTPUTS = ("models/mnist.keras", "metrics/mnist_training.json", "plots/mnist/training")
+
+
+def run_stage(workspace: Path, *args: str, env: dict | None = None) -> str:
+    result = subprocess.run([sys.executable, "-m", *args], cwd=workspace, capture_output=True,
+                            text=True, timeout=TIMEOUT, env=env)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, f"{' '.join(args)} failed:\n{output[-4000:]}"
+    return output
+
+
+def set_train_params(workspace: Path, train: dict) -> None:
+    base = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+    params = _deep_merge(_deep_merge(base, TINY), {"train": train})
+    (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("modes")
+    shutil.copytree(PROJECT_ROOT / "stages", root / "stages",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    set_train_params(root, {})
+    run_stage(root, "stages.download", "mnist")
+    run_stage(root, "stages.preprocess", "mnist")
+    return root
+
+
+def train(workspace: Path, **train_params) -> dict:
+    """Train with these params; return the model's hash and what training recorded."""
+    set_train_params(workspace, train_params)
+    run_stage(workspace, "stages.train", "mnist")
+    summary = json.loads((workspace / "metrics/mnist_training.json").read_text())
+    digest = hashlib.sha256((workspace / "models/mnist.keras").read_bytes()).hexdigest()
+    return {"model_sha256": digest, **summary}
+
+
+@pytest.fixture(scope="module")
+def single_float32(workspace) -> dict:
+    return train(workspace, precision="float32")
+
+
+@pytest.mark.parametrize("precision", ["float32", "mixed_bfloat16"])
+def test_same_seed_same_model_in_every_precision(workspace, single_float32, precision):
+    first = single_float32 if precision == "float32" else train(workspace, precision=precision)
+    again = train(workspace, precision=precision)
+    assert first["precision"] == again["precision"] == precision
+    assert again == first  # identical weights (model bytes) and curves
+    assert first["selected"]["val_accuracy"] > 0.5  # and it learned something
+
+
+def test_mirrored_over_two_logical_cpus_matches_single_device(workspace, single_float32):
+    # Same global batch and rate as the single-device run, split over two replicas.
+    mirrored = train(workspace, precision="float32", distribution={
+        "strategy": "mirrored", "devices": ["/cpu:0", "/cpu:1"],
+        "batch_size_per_replica": False, "scale_learning_rate": False})
+    assert mirrored["replicas"] == 2
+    assert mirrored["selected"]["val_accuracy"] == pytest.approx(
+        single_float32["selected"]["val_accuracy"], abs=DISTRIBUTED_TOLERANCE)
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def test_multi_worker_two_processes_only_chief_writes(workspace, single_float32, tmp_path):
+    set_train_params(workspace, {"precision": "float32", "distribution": {
+        "strategy": "multi_worker", "batch_size_per_replica": False,
+        "scale_learning_rate": False}})
+    for output in OUTPUTS:  # so that what exists afterwards was written by this run
+        path = workspace / output
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    # The second worker works in its own copy of the project, as on another machine.
+    other = tmp_path / "worker1"
+    shutil.copytree(workspace, other)
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(2)]}
+    processes = []
+    try:
+        for index, cwd in enumerate((workspace, other)):
+            env = dict(os.environ, TF_CONFIG=json.dumps(
+                {"cluster": cluster, "task": {"type": "worker", "index": index}}))
+            processes.append(subprocess.Popen(
+                [sys.executable, "-m", "stages.train", "mnist"], cwd=cwd, env=env,
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        logs = [process.communicate(timeout=TIMEOUT)[0] for process in processes]
+    finally:
+        for process in processes:  # reap both, even after a timeout
+            process.kill()
+            process.wait()
+    for index, (process, log) in enumerate(zip(processes, logs)):
+        assert process.returncode == 0, f"worker {index} failed:\n{log[-4000:]}"
+        assert "2 replica(s), global batch 32" in log
+
+    # Both workers saw the same (all-reduced) validation accuracy; only worker 0 wrote.
+    kept = [re.search(r"val_accuracy ([0-9.]+)", log).group(1) for log in logs]
+    assert kept[0] == kept[1]
+    assert all((workspace / output).exists() for output in OUTPUTS)
+    assert not any((other / output).exists() for output in OUTPUTS)
+    summary = json.loads((workspace / "metrics/mnist_training.json").read_text())
+    assert summary["replicas"] == 2
+    assert summary["selected"]["val_accuracy"] == pytest.approx(
+        single_float32["selected"]["val_accuracy"], abs=DISTRIBUTED_TOLERANCE)
