@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # Stage commands in dvc.yaml call `python`: put the venv first on PATH.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup repro test lock clean-venv
+.PHONY: setup repro test bench lock clean-venv
 
 setup:
 	@bash scripts/setup.sh
@@ -16,6 +16,10 @@ repro: setup          ## run the whole pipeline (both datasets)
 
 test: setup           ## the test suite (about 7 minutes on 2 cores)
 	python -m pytest
+
+bench: setup          ## throughput and time-to-accuracy vs the keras.io convnet (~6 min)
+	dvc repro preprocess@mnist
+	python -m stages.bench
 
 lock:                 ## re-pin requirements.txt from requirements.in in a scratch venv
 	rm -rf /tmp/lock-venv && python3 -m venv /tmp/lock-venv

@@ -31,7 +31,7 @@ pytestmark = pytest.mark.integration
 PROJECT_FILES = ["dvc.yaml", "params.yaml", "stages", ".dvc/config", ".dvcignore", ".gitignore"]
 TINY_OVERRIDE = {
     "preprocess": {"max_train_samples": 3000, "max_test_samples": 500},
-    "train": {"epochs": 1, "batch_size": 32},
+    "train": {"epochs": 1, "batch_size": 32, "lr_schedule": {"warmup_epochs": 0}},
 }
 TIMEOUT = 900  # seconds for any one command: bounded even if something hangs
 

@@ -1,0 +1,45 @@
+"""The benchmark compares like with like: its preset is the keras.io convnet."""
+
+from __future__ import annotations
+
+import copy
+
+import keras
+
+from stages.bench import KERAS_IO_PRESET, forward_flops, keras_io_convnet
+from stages.model import build_model
+from stages.params import load_params
+from tests.conftest import PROJECT_ROOT
+
+
+def layer_summary(model: keras.Model) -> list[tuple]:
+    """Kind, output shape and weight shapes of every layer that computes something."""
+    return [(type(layer).__name__, tuple(layer.output.shape[1:]),
+             tuple(tuple(w.shape) for w in layer.weights))
+            for layer in model.layers
+            if not isinstance(layer, keras.layers.InputLayer)]
+
+
+def test_preset_builds_the_published_convnet():
+    model_params = copy.deepcopy(KERAS_IO_PRESET["model"])
+    ours = build_model(model_params, (28, 28, 1), 10)
+    theirs = keras_io_convnet()
+    assert ours.count_params() == theirs.count_params() == 34_826
+    # Ours spells conv+ReLU and dense+softmax as two layers each; the arithmetic is equal.
+    fused = [row for row in layer_summary(ours) if row[0] != "Activation"]
+    assert [row[0] for row in fused] == [row[0] for row in layer_summary(theirs)]
+    assert [row[1:] for row in fused] == [row[1:] for row in layer_summary(theirs)]
+
+
+def test_forward_flops_counts_convs_and_dense():
+    # conv 26x26x32 of 3x3x1, conv 11x11x64 of 3x3x32, dense 1600 -> 10; x2 for multiply-add
+    expected = 2 * (26 * 26 * 32 * 9 + 11 * 11 * 64 * 9 * 32 + 1600 * 10)
+    assert forward_flops(keras_io_convnet()) == expected
+
+
+def test_preset_keys_exist_in_params():
+    train = load_params(PROJECT_ROOT / "params.yaml")["train"]
+    for key, value in KERAS_IO_PRESET.items():
+        assert key in train
+        if isinstance(value, dict):
+            assert set(value) == set(train[key])
