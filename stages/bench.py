@@ -9,7 +9,8 @@ process, on the same prepared training split, it measures:
    against (b) the same architecture built by our model code from a params preset and
    fed by our train stage's input pipeline and precision, for the same number of steps:
    images/s of each and their ratio;
-3. the default model's images/s and achieved GFLOP/s against the ceiling;
+3. the default model's images/s and achieved GFLOP/s against the ceiling, in float32
+   and in bfloat16;
 4. time-to-accuracy: training seconds until validation accuracy first reaches a target,
    for (a) and for the default model with its real schedule.
 """
@@ -166,8 +167,8 @@ def main(argv: list[str] | None = None) -> int:
         return training_dataset(x_train, y_train, BATCH_SIZE, params["seed"],
                                 train_params["augment"])
 
-    def ours(train_params):
-        keras.mixed_precision.set_global_policy(policy)
+    def ours(train_params, precision=policy):
+        keras.mixed_precision.set_global_policy(precision)
         make_deterministic(params["seed"])
         model = build_model(train_params["model"], x_train.shape[1:], NUM_CLASSES)
         return compile_model(model, train_params, steps_per_epoch)
@@ -193,13 +194,16 @@ def main(argv: list[str] | None = None) -> int:
           f"{policy}: {pipelined:7.0f} images/s")
     print(f"ratio (b)/(a): {pipelined / baseline:.2f}x")
 
-    default_model = ours(default)
-    speed = images_per_second(default_model, pipeline(default), steps)
-    achieved = 3 * forward_flops(default_model) * speed / 1e9  # forward + 2x backward
-    print(f"default model ({default_model.count_params():,} params, "
-          f"{forward_flops(default_model) / 1e6:.1f} MFLOP/image forward): {speed:.0f} images/s"
-          f" = {achieved:.0f} GFLOP/s, {achieved / ceilings[policy]:.0%} of the {policy} "
-          f"matmul ceiling; {len(x_train) / speed:.0f} s per epoch")
+    # The default model in both precisions: what `precision: auto` chooses between.
+    for precision in ("float32", "mixed_bfloat16"):
+        default_model = ours(default, precision)
+        speed = images_per_second(default_model, pipeline(default), steps)
+        achieved = 3 * forward_flops(default_model) * speed / 1e9  # forward + 2x backward
+        print(f"default model ({default_model.count_params():,} params, "
+              f"{forward_flops(default_model) / 1e6:.1f} MFLOP/image forward), {precision}: "
+              f"{speed:.0f} images/s = {achieved:.0f} GFLOP/s, "
+              f"{achieved / ceilings[precision]:.0%} of the {precision} matmul ceiling; "
+              f"{len(x_train) / speed:.0f} s of compute per epoch")
 
     if not args.skip_time_to_accuracy:
         val_numpy = (x_val, y_val)
