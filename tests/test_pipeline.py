@@ -31,7 +31,12 @@ pytestmark = pytest.mark.integration
 PROJECT_FILES = ["dvc.yaml", "params.yaml", "stages", ".dvc/config", ".dvcignore", ".gitignore"]
 TINY_OVERRIDE = {
     "preprocess": {"max_train_samples": 3000, "max_test_samples": 500},
-    "train": {"epochs": 1, "batch_size": 32, "lr_schedule": {"warmup_epochs": 0}},
+    "train": {"epochs": 1, "batch_size": 32, "lr_schedule": {"warmup_epochs": 0},
+              "model": {"conv_filters": [16, 32], "convs_per_block": [1, 1],
+                        "dense_units": [64]}},
+    # The per-dataset sections of params.yaml override `train`: tiny them too.
+    "datasets": {key: {"train": {"epochs": 1, "model": {"convs_per_block": [1, 1]}}}
+                 for key in DATASETS},
 }
 TIMEOUT = 900  # seconds for any one command: bounded even if something hangs
 
@@ -396,7 +401,7 @@ def test_kill_during_training_then_repro_completes(project, first_run):
     model = project / "models" / "mnist.keras"
     curve = project / "plots/mnist/training/plots/metrics/train/loss.tsv"
     params = yaml.safe_load((project / "params.yaml").read_text())
-    params["train"]["epochs"] = 30  # long enough to be killed mid-training
+    params["datasets"]["mnist"]["train"]["epochs"] = 100  # long enough to be killed mid-training
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
     started = time.time()

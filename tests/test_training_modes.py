@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from stages.datasets import DATASETS
 from stages.params import _deep_merge
 from tests.conftest import PROJECT_ROOT
 
@@ -23,7 +24,12 @@ pytestmark = pytest.mark.integration
 
 TINY = {
     "preprocess": {"max_train_samples": 3000, "max_test_samples": 500},
-    "train": {"epochs": 1, "batch_size": 32, "lr_schedule": {"warmup_epochs": 0}},
+    "train": {"epochs": 1, "batch_size": 32, "lr_schedule": {"warmup_epochs": 0},
+              "model": {"conv_filters": [16, 32], "convs_per_block": [1, 1],
+                        "dense_units": [64]}},
+    # The per-dataset sections of params.yaml override `train`: tiny them too.
+    "datasets": {key: {"train": {"epochs": 1, "model": {"convs_per_block": [1, 1]}}}
+                 for key in DATASETS},
 }
 TIMEOUT = 300  # seconds for any one process
 # A 1-epoch model on 300 validation images moves by a few points under any change of
