@@ -17,7 +17,7 @@ repro: setup          ## run the whole pipeline (both datasets)
 test: setup           ## the test suite (about 7 minutes on 2 cores)
 	python -m pytest
 
-bench: setup          ## throughput and time-to-accuracy vs the keras.io convnet (~6 min)
+bench: setup          ## throughput and time-to-accuracy vs the keras.io convnet (~9 min)
 	dvc repro preprocess@mnist
 	python -m stages.bench
 
