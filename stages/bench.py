@@ -187,7 +187,6 @@ def main(argv: list[str] | None = None) -> int:
     baseline_model, preset_model = published(), ours(preset)
     assert baseline_model.count_params() == preset_model.count_params(), "preset differs"
     baseline = images_per_second(baseline_model, (x_train, y_train), steps)
-    preset_model = ours(preset)
     pipelined = images_per_second(preset_model, pipeline(preset), steps)
     print(f"(a) keras.io convnet, NumPy input, float32:         {baseline:7.0f} images/s")
     print(f"(b) same convnet ({preset_model.count_params():,} params), our input pipeline, "

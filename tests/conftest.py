@@ -10,9 +10,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from stages.datasets import DATASETS
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+# Params laid over params.yaml by the integration tests: a class-balanced subset, one short
+# epoch and a small model, through the same code path as a full run.
+TINY_OVERRIDE = {
+    "preprocess": {"max_train_samples": 3000, "max_test_samples": 500},
+    "train": {"epochs": 1, "batch_size": 32, "lr_schedule": {"warmup_epochs": 0},
+              "model": {"conv_filters": [16, 32], "convs_per_block": [1, 1],
+                        "dense_units": [64]}},
+    # The per-dataset sections of params.yaml override `train`: tiny them too.
+    "datasets": {key: {"train": {"epochs": 1, "model": {"convs_per_block": [1, 1]}}}
+                 for key in DATASETS},
+}
 
 
 def idx_bytes(array: np.ndarray) -> bytes:

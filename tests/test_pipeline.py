@@ -24,20 +24,11 @@ from PIL import Image
 
 from stages.datasets import DATASETS
 from stages.params import _deep_merge
-from tests.conftest import PROJECT_ROOT
+from tests.conftest import PROJECT_ROOT, TINY_OVERRIDE
 
 pytestmark = pytest.mark.integration
 
 PROJECT_FILES = ["dvc.yaml", "params.yaml", "stages", ".dvc/config", ".dvcignore", ".gitignore"]
-TINY_OVERRIDE = {
-    "preprocess": {"max_train_samples": 3000, "max_test_samples": 500},
-    "train": {"epochs": 1, "batch_size": 32, "lr_schedule": {"warmup_epochs": 0},
-              "model": {"conv_filters": [16, 32], "convs_per_block": [1, 1],
-                        "dense_units": [64]}},
-    # The per-dataset sections of params.yaml override `train`: tiny them too.
-    "datasets": {key: {"train": {"epochs": 1, "model": {"convs_per_block": [1, 1]}}}
-                 for key in DATASETS},
-}
 TIMEOUT = 900  # seconds for any one command: bounded even if something hangs
 
 

@@ -16,21 +16,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stages.datasets import DATASETS
 from stages.params import _deep_merge
-from tests.conftest import PROJECT_ROOT
+from tests.conftest import PROJECT_ROOT, TINY_OVERRIDE
 
 pytestmark = pytest.mark.integration
 
-TINY = {
-    "preprocess": {"max_train_samples": 3000, "max_test_samples": 500},
-    "train": {"epochs": 1, "batch_size": 32, "lr_schedule": {"warmup_epochs": 0},
-              "model": {"conv_filters": [16, 32], "convs_per_block": [1, 1],
-                        "dense_units": [64]}},
-    # The per-dataset sections of params.yaml override `train`: tiny them too.
-    "datasets": {key: {"train": {"epochs": 1, "model": {"convs_per_block": [1, 1]}}}
-                 for key in DATASETS},
-}
 TIMEOUT = 300  # seconds for any one process
 # A 1-epoch model on 300 validation images moves by a few points under any change of
 # arithmetic: float32 vs bfloat16 here, per-replica batch-norm statistics (16 images per
@@ -49,7 +39,7 @@ def run_stage(workspace: Path, *args: str, env: dict | None = None) -> str:
 
 def set_train_params(workspace: Path, train: dict) -> None:
     base = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
-    params = _deep_merge(_deep_merge(base, TINY), {"train": train})
+    params = _deep_merge(_deep_merge(base, TINY_OVERRIDE), {"train": train})
     (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
