@@ -23,6 +23,7 @@ from sklearn.metrics import confusion_matrix, precision_recall_fscore_support  #
 from stages.artifacts import atomic_path, load_split, model_path, plots_dir, write_json  # noqa: E402
 from stages.datasets import get_spec  # noqa: E402
 from stages.figures import plot_confusion_matrix, plot_image_grid  # noqa: E402
+from stages.layers import FusedBatchNormalization  # noqa: E402
 from stages.params import load_params  # noqa: E402
 
 DIGITS = 6  # metrics are rounded so that reruns and diffs are not float noise
@@ -68,7 +69,9 @@ def load_trained_model(dataset: str, path: Path | None = None) -> keras.Model:
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: run `dvc repro train@{dataset}` first")
     # safe_mode refuses models that would run arbitrary code (lambdas) on load.
-    return keras.models.load_model(path, safe_mode=True)
+    return keras.models.load_model(
+        path, safe_mode=True,
+        custom_objects={"FusedBatchNormalization": FusedBatchNormalization})
 
 
 def main(argv: list[str] | None = None) -> int:

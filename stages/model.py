@@ -18,6 +18,7 @@ import keras
 from keras import layers
 
 from stages.artifacts import atomic_path
+from stages.layers import FusedBatchNormalization
 
 # Zip's earliest representable time: every entry gets it, so saves are byte-identical.
 FIXED_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
@@ -38,8 +39,9 @@ def build_model(model_params: dict, input_shape: tuple[int, ...], num_classes: i
                               padding=model_params["padding"],
                               use_bias=not batch_norm, name=f"block{block}_conv{conv}")(x)
             if batch_norm:
-                x = layers.BatchNormalization(momentum=bn_momentum,
-                                              name=f"block{block}_bn{conv}")(x)
+                # Fused kernel: the Keras layer's separate ops cost as much as the convs.
+                x = FusedBatchNormalization(momentum=bn_momentum,
+                                            name=f"block{block}_bn{conv}")(x)
             x = layers.Activation("relu", name=f"block{block}_relu{conv}")(x)
         x = layers.MaxPooling2D(name=f"block{block}_pool")(x)
         if model_params["conv_dropout"]:
