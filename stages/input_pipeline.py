@@ -49,10 +49,19 @@ def augment_batch(images: tf.Tensor, seed: tf.Tensor, shift_pixels: int,
     return images
 
 
-def _data_sharded(dataset: tf.data.Dataset) -> tf.data.Dataset:
-    """Shard by element across workers: the arrays are in memory, not in files."""
+def _with_options(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    """Shard by element across workers (the arrays are in memory, not in files), and
+    switch tf.data's runtime autotuner off.
+
+    The autotuner's background thread made Keras wait for it when an epoch's iterator
+    was torn down: on our 2-core machine whole epochs stalled for 10-20 s with every
+    thread idle (measured: 19 idle seconds in 4 epochs with it, none in 6 without, and
+    epochs no slower). AUTOTUNE below then means TF's static defaults, plenty for
+    slicing in-memory arrays.
+    """
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    options.autotune.enabled = False
     return dataset.with_options(options)
 
 
@@ -73,11 +82,11 @@ def training_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int, se
             ),
             num_parallel_calls=tf.data.AUTOTUNE,
         )
-    return _data_sharded(dataset.prefetch(tf.data.AUTOTUNE))
+    return _with_options(dataset.prefetch(tf.data.AUTOTUNE))
 
 
 def evaluation_dataset(images: np.ndarray, labels: np.ndarray,
                        batch_size: int) -> tf.data.Dataset:
     """In order, batched, no augmentation."""
     dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(batch_size)
-    return _data_sharded(dataset.prefetch(tf.data.AUTOTUNE))
+    return _with_options(dataset.prefetch(tf.data.AUTOTUNE))
