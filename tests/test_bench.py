@@ -7,7 +7,7 @@ import copy
 import keras
 
 from stages.bench import KERAS_IO_PRESET, forward_flops, keras_io_convnet
-from stages.model import build_model
+from stages.model import build_model, compile_model
 from stages.params import load_params
 from tests.conftest import PROJECT_ROOT
 
@@ -43,3 +43,31 @@ def test_preset_keys_exist_in_params():
         assert key in train
         if isinstance(value, dict):
             assert set(value) == set(train[key])
+
+
+def test_preset_trains_like_the_published_script():
+    train = load_params(PROJECT_ROOT / "params.yaml")["train"]
+    preset = {**copy.deepcopy(train), **copy.deepcopy(KERAS_IO_PRESET)}
+    ours = compile_model(build_model(preset["model"], (28, 28, 1), 10), preset, 100)
+    theirs = keras_io_convnet()
+    assert type(ours.optimizer) is type(theirs.optimizer)
+    assert float(ours.optimizer.learning_rate) == float(theirs.optimizer.learning_rate)
+    assert ours.loss.get_config()["label_smoothing"] == 0.0
+    # The published script feeds the images as they are: no augmentation on our side either.
+    assert not preset["augment"]["shift_pixels"] and not preset["augment"]["horizontal_flip"]
+
+
+def test_images_per_second_times_every_contender_on_both_kinds_of_input():
+    import numpy as np
+
+    from stages.bench import BATCH_SIZE, images_per_second
+    from stages.input_pipeline import training_dataset
+
+    rng = np.random.default_rng(0)
+    x = rng.random((4 * BATCH_SIZE, 28, 28, 1), dtype=np.float32)
+    y = keras.utils.to_categorical(rng.integers(0, 10, len(x)), 10)
+    data = training_dataset(x, y, BATCH_SIZE, 0, {"shift_pixels": 0, "horizontal_flip": False})
+    speeds = images_per_second({"numpy": (keras_io_convnet(), (x, y)),
+                                "tf.data": (keras_io_convnet(), data)}, steps=2, repeats=3)
+    assert set(speeds) == {"numpy", "tf.data"}
+    assert all(np.isfinite(speed) and speed > 0 for speed in speeds.values())
