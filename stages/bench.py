@@ -42,6 +42,7 @@ from stages.runtime import resolve_precision  # noqa: E402
 from stages.train import make_deterministic  # noqa: E402
 
 BATCH_SIZE = 128  # keras.io's
+WARMUP_STEPS = 10  # untimed batches before each model's timing
 # The keras.io convnet and its training recipe expressed as our params: two conv blocks
 # without batch-norm, "valid" convs with bias + ReLU, no dropout after the pools, dropout
 # 0.5 before the softmax, Adam at Keras' default rate, plain cross-entropy, and no
@@ -54,6 +55,11 @@ KERAS_IO_PRESET = {
     "lr_schedule": {"name": "constant", "warmup_epochs": 0},
     "augment": {"shift_pixels": 0, "horizontal_flip": False},
 }
+
+
+def preset_params(train_params: dict) -> dict:
+    """`train_params` with the keras.io preset laid over it (a deep copy)."""
+    return {**copy.deepcopy(train_params), **copy.deepcopy(KERAS_IO_PRESET)}
 
 
 def keras_io_convnet() -> keras.Model:
@@ -97,27 +103,26 @@ def matmul_gflops(dtype: tf.DType, size: int = 4096, repeats: int = 5) -> float:
     return 2 * size**3 * repeats / (time.perf_counter() - started) / 1e9
 
 
-def warm_up(model: keras.Model, data) -> None:
-    """A few batches first: tracing and kernel selection happen here, off the clock."""
-    batches = 10
+def fit(model: keras.Model, data, **fit_args) -> keras.callbacks.History:
+    """`model.fit` on either input: a (x, y) NumPy pair in keras.io's batches, or a
+    tf.data pipeline that batches and shuffles itself."""
     if isinstance(data, tuple):
-        x, y = data
-        model.fit(x[:batches * BATCH_SIZE], y[:batches * BATCH_SIZE], batch_size=BATCH_SIZE,
-                  epochs=1, verbose=0)
-    else:
-        model.fit(data.take(batches), epochs=1, verbose=0, shuffle=False)
+        return model.fit(*data, batch_size=BATCH_SIZE, **fit_args)
+    return model.fit(data, shuffle=False, **fit_args)
+
+
+def first_batches(data, steps: int):
+    """The first `steps` batches of a NumPy pair or a tf.data pipeline."""
+    if isinstance(data, tuple):
+        return tuple(array[:steps * BATCH_SIZE] for array in data)
+    return data.take(steps)
 
 
 def seconds_for(model: keras.Model, data, steps: int) -> float:
-    """Wall seconds to train `steps` batches of `data` (a (x, y) NumPy pair or a tf.data
-    pipeline, which pays for its shuffle buffer and augmentation inside the clock)."""
+    """Wall seconds to train `steps` batches of `data` (a tf.data pipeline pays for its
+    shuffle buffer and augmentation inside the clock)."""
     started = time.perf_counter()
-    if isinstance(data, tuple):
-        x, y = data
-        count = steps * BATCH_SIZE
-        model.fit(x[:count], y[:count], batch_size=BATCH_SIZE, epochs=1, verbose=0)
-    else:
-        model.fit(data.take(steps), epochs=1, verbose=0, shuffle=False)
+    fit(model, first_batches(data, steps), epochs=1, verbose=0)
     return time.perf_counter() - started
 
 
@@ -128,7 +133,7 @@ def images_per_second(runs: dict[str, tuple], steps: int, repeats: int) -> dict[
     whose speed drifts; the median of the repeats ignores a disturbed one.
     """
     for model, data in runs.values():
-        warm_up(model, data)
+        seconds_for(model, data, WARMUP_STEPS)  # tracing and kernel selection, off the clock
     seconds: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(repeats):
         for name, (model, data) in runs.items():
@@ -156,12 +161,8 @@ class StopAtAccuracy(keras.callbacks.Callback):
 
 def time_to_accuracy(model, train_data, val_data, target, max_epochs) -> str:
     stopper = StopAtAccuracy(target)
-    if isinstance(train_data, tuple):
-        model.fit(*train_data, batch_size=BATCH_SIZE, epochs=max_epochs, verbose=0,
-                  validation_data=val_data, callbacks=[stopper])
-    else:
-        model.fit(train_data, epochs=max_epochs, verbose=0, validation_data=val_data,
-                  callbacks=[stopper], shuffle=False)
+    fit(model, train_data, epochs=max_epochs, verbose=0, validation_data=val_data,
+        callbacks=[stopper])
     if stopper.seconds is None:
         return f"not reached in {max_epochs} epochs ({stopper.training_seconds:.0f} s)"
     return f"{stopper.seconds:.0f} s (epoch {stopper.epoch})"
@@ -183,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     params = load_params()
     spec = get_spec(args.dataset)
     default = train_params_for(params, spec.key)
-    preset = {**copy.deepcopy(default), **copy.deepcopy(KERAS_IO_PRESET)}
+    preset = preset_params(default)
     policy = resolve_precision(default["precision"])
     try:
         x_train, y_train = load_split(spec.key, "train")

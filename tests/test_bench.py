@@ -5,8 +5,11 @@ from __future__ import annotations
 import copy
 
 import keras
+import numpy as np
 
-from stages.bench import KERAS_IO_PRESET, forward_flops, keras_io_convnet
+from stages.bench import (BATCH_SIZE, KERAS_IO_PRESET, forward_flops, images_per_second,
+                          keras_io_convnet, preset_params)
+from stages.input_pipeline import training_dataset
 from stages.model import build_model, compile_model
 from stages.params import load_params
 from tests.conftest import PROJECT_ROOT
@@ -47,7 +50,7 @@ def test_preset_keys_exist_in_params():
 
 def test_preset_trains_like_the_published_script():
     train = load_params(PROJECT_ROOT / "params.yaml")["train"]
-    preset = {**copy.deepcopy(train), **copy.deepcopy(KERAS_IO_PRESET)}
+    preset = preset_params(train)
     ours = compile_model(build_model(preset["model"], (28, 28, 1), 10), preset, 100)
     theirs = keras_io_convnet()
     assert type(ours.optimizer) is type(theirs.optimizer)
@@ -58,11 +61,6 @@ def test_preset_trains_like_the_published_script():
 
 
 def test_images_per_second_times_every_contender_on_both_kinds_of_input():
-    import numpy as np
-
-    from stages.bench import BATCH_SIZE, images_per_second
-    from stages.input_pipeline import training_dataset
-
     rng = np.random.default_rng(0)
     x = rng.random((4 * BATCH_SIZE, 28, 28, 1), dtype=np.float32)
     y = keras.utils.to_categorical(rng.integers(0, 10, len(x)), 10)
