@@ -14,7 +14,8 @@ repro: setup          ## run the whole pipeline (both datasets)
 	dvc repro
 	dvc metrics show
 
-test: setup           ## the test suite (about 7 minutes on 2 cores)
+test:                 ## set up (incl. Chromium where possible), then the whole test suite
+	@bash scripts/setup.sh --for-tests
 	python -m pytest
 
 bench: setup          ## throughput and time-to-accuracy vs the keras.io convnet (~9 min)

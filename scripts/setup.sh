@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Create or refresh the project's virtualenv and the offline copies of the datasets.
 # Safe to re-run: it reinstalls Python packages only when requirements.txt changed.
+#   scripts/setup.sh              what `make repro` needs
+#   scripts/setup.sh --for-tests  also what the test suite needs (Chromium, for the test
+#                                 that renders `dvc plots show` in a browser)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -59,5 +62,19 @@ if command -v npm >/dev/null 2>&1; then
   fi
 else
   echo "setup: note: npm not found; dvc plots show will load vega from its CDN"
+fi
+
+# The browser test renders `dvc plots show` in headless Chromium (Debian package). Say
+# before the run, not only in pytest's summary, when it cannot run here.
+if [ "${1:-}" = "--for-tests" ] && ! command -v chromium >/dev/null 2>&1 \
+    && ! command -v chromium-browser >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    echo "setup: installing chromium (Debian package) for the browser test"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+      || echo "setup: WARNING: could not install chromium; test_plots_html_renders_offline_in_chromium will be SKIPPED"
+  else
+    echo "setup: WARNING: Chromium is missing and installing it needs apt-get as root;"
+    echo "setup: WARNING: test_plots_html_renders_offline_in_chromium will be SKIPPED"
+  fi
 fi
 echo "setup: ready ($VENV)"

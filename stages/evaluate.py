@@ -1,8 +1,8 @@
 """Stage 4 — evaluate: score the trained model once on the untouched test split.
 
 Writes metrics/<dataset>.json (cross-entropy, accuracy, macro precision/recall/F1: one
-readable row in `dvc metrics show`), metrics/<dataset>_per_class.json (the same
-per class), the confusion-matrix rows for `dvc plots` (plots/<dataset>/confusion.csv),
+readable row in `dvc metrics show`), plots/<dataset>/per_class.csv (the same per
+class, a bar chart in `dvc plots`), the confusion-matrix rows for `dvc plots` (plots/<dataset>/confusion.csv),
 a PNG of the matrix (counts and normalised) and a gallery of the most confident mistakes.
 """
 
@@ -98,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     metrics = {"loss": round(loss, DIGITS), **summary,
                "test_samples": int(len(y_true))}
     write_json(f"metrics/{spec.key}.json", metrics)
-    write_json(f"metrics/{spec.key}_per_class.json", per_class)
+    with atomic_path(plots_dir(spec.key) / "per_class.csv") as tmp:
+        pd.DataFrame.from_dict(per_class, orient="index").rename_axis("class").to_csv(tmp)
 
     # Confusion matrix: one row per test image for `dvc plots` (template: confusion),
     # and a PNG with class names.

@@ -5,7 +5,11 @@
 Real photos are not 28 x 28 light-on-dark images, so each one is turned into one:
   1. Pillow opens it (any size or mode Pillow reads: PNG, JPEG, ...) and applies its
      EXIF rotation; a transparent background counts as white paper.
-  2. It becomes 8-bit grayscale.
+  2. It becomes 8-bit grayscale; 16- and 32-bit grayscale are scaled down to 8 bits
+     (not clipped), float images from their [0, 1] or [0, 255] range.
+     An image with nothing in it is refused, not classified: when its brightest
+     (after step 4's inversion) pixel stands less than MIN_CONTRAST (10 % of the
+     grey range, 26 levels) above its background level, "no object" is reported.
   3. An image that already is 28 x 28 on a dark background is in the datasets' own format
      and is used exactly as it is. Anything else:
   4. is inverted when its background is light (mean of the outermost pixels > 127), since
@@ -40,29 +44,53 @@ from stages.preprocess import normalize_images  # noqa: E402
 FIT_SIZE = {"mnist": 20, "fashion_mnist": 28}
 CENTER_OF_MASS = {"mnist": True, "fashion_mnist": False}
 OBJECT_THRESHOLD = 0.25  # share of the brightest pixel that counts as object (step 5)
+MIN_CONTRAST = 0.10  # object vs background, as a share of 0-255, below which: no object
 
 
 class ImageError(ValueError):
     """One input file cannot be used; the message says why."""
 
 
+def to_uint8_gray(image: Image.Image) -> np.ndarray:
+    """Any Pillow mode → uint8 grayscale, keeping the content of high-bit-depth images.
+
+    Pillow's convert("L") clips 16-bit ("I;16", "I") and float ("F") pixels at 255,
+    which turns most such images white; they are rescaled here instead.
+    """
+    if image.mode in ("I", "F") or image.mode.startswith("I;16"):
+        pixels = np.asarray(image, dtype=np.float64)
+        if image.mode == "F":
+            top = 1.0 if pixels.max(initial=0.0) <= 1.0 else 255.0
+        else:  # 16-bit files open as I;16 or I; 8-bit content in an I image stays as is
+            top = 65535.0 if pixels.max(initial=0.0) > 255 or image.mode != "I" else 255.0
+        return np.round(np.clip(pixels / top, 0.0, 1.0) * 255).astype(np.uint8)
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        paper = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(paper, rgba)
+    return np.asarray(image.convert("L"), dtype=np.uint8)
+
+
 def load_grayscale(path: Path) -> np.ndarray:
-    """Read any image Pillow understands as uint8 grayscale (steps 1-2)."""
+    """Read any image Pillow understands as uint8 grayscale (steps 1-2).
+
+    Every way a file can fail is an ImageError naming the problem, so one bad file
+    never stops the others from being predicted.
+    """
     if not path.is_file():
         raise ImageError("no such file")
     try:
         with Image.open(path) as image:
             image.load()  # decode now, so a truncated file fails here
-            image = ImageOps.exif_transpose(image)
-            if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
-                rgba = image.convert("RGBA")
-                paper = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-                image = Image.alpha_composite(paper, rgba)
-            return np.asarray(image.convert("L"), dtype=np.uint8)
+            return to_uint8_gray(ImageOps.exif_transpose(image))
     except UnidentifiedImageError:
         raise ImageError("not an image Pillow can read") from None
+    except Image.DecompressionBombError as error:
+        raise ImageError(f"refused: too many pixels to be a photo ({error})") from None
     except (OSError, SyntaxError, ValueError) as error:
         raise ImageError(f"corrupt image ({error})") from None
+    except Exception as error:  # noqa: BLE001 - Pillow's plugins raise many types
+        raise ImageError(f"cannot read image ({type(error).__name__}: {error})") from None
 
 
 def border_pixels(pixels: np.ndarray) -> np.ndarray:
@@ -77,11 +105,15 @@ def to_dataset_format(pixels: np.ndarray, dataset: str) -> np.ndarray:
     """uint8 grayscale of any size → uint8 28 x 28, light object on black (steps 3-6)."""
     height, width = IMAGE_SHAPE
     light_background = border_mean(pixels) > 127
-    if pixels.shape == IMAGE_SHAPE and not light_background:
-        return pixels
     if light_background:
         pixels = 255 - pixels
     lifted = np.clip(pixels.astype(np.float64) - np.median(border_pixels(pixels)), 0, None)
+    if lifted.max() < MIN_CONTRAST * 255:
+        raise ImageError(
+            f"no object found: nothing stands out from the background by {MIN_CONTRAST:.0%} "
+            f"of the grey range (brightest {lifted.max():.0f} of 255 above it)")
+    if pixels.shape == IMAGE_SHAPE and not light_background:
+        return pixels
     pixels = np.round(lifted * (255.0 / max(lifted.max(), 1.0))).astype(np.uint8)
     mask = pixels > OBJECT_THRESHOLD * max(int(pixels.max()), 1)
     if mask.any():

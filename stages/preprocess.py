@@ -11,9 +11,10 @@ import argparse
 import sys
 
 import numpy as np
+import pandas as pd
 from sklearn.model_selection import train_test_split
 
-from stages.artifacts import atomic_dir, plots_dir, prepared_dir, raw_dir, save_split, write_json
+from stages.artifacts import atomic_dir, atomic_path, plots_dir, prepared_dir, raw_dir, save_split, write_json
 from stages.datasets import FILENAMES, IMAGE_SHAPE, NUM_CLASSES, get_spec
 from stages.figures import plot_image_grid
 from stages.idx import IdxFormatError, load_image_label_pair
@@ -106,11 +107,13 @@ def main(argv: list[str] | None = None) -> int:
         for split, (images, labels) in splits.items():
             save_split(staging, split, normalize_images(images), one_hot(labels))
 
-    summary = {
-        split: {"count": int(len(labels)), "per_class": class_counts(labels, spec.class_names)}
-        for split, (_, labels) in splits.items()
-    }
+    # How many images each split holds (`dvc metrics show`), and per class (`dvc plots`).
+    summary = {f"{split}_samples": int(len(labels)) for split, (_, labels) in splits.items()}
     write_json(f"metrics/{spec.key}_data.json", summary)
+    counts = pd.DataFrame({split: class_counts(labels, spec.class_names)
+                           for split, (_, labels) in splits.items()}).rename_axis("class")
+    with atomic_path(plots_dir(spec.key) / "class_counts.csv") as tmp:
+        counts.to_csv(tmp)
 
     # A picture of what the network sees: one row of training inputs per class.
     per_class = settings["samples_per_class"]
@@ -120,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
                     plots_dir(spec.key) / "samples.png",
                     f"{spec.title}: training inputs, one row per class", columns=per_class)
     print(f"[preprocess] {spec.title}: " + ", ".join(
-        f"{split} {info['count']}" for split, info in summary.items()))
+        f"{split} {len(labels)}" for split, (_, labels) in splits.items()))
     return 0
 
 

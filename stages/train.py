@@ -1,16 +1,15 @@
 """Stage 3 — train: fit the CNN on the prepared train split, select on the validation split.
 
 Reads params `seed`, `train` and any per-dataset override in `datasets.<name>.train`.
-Writes the model (models/<dataset>.keras), per-epoch curves through DVCLive
-(plots/<dataset>/training/), a PNG of them, and a small summary
-(metrics/<dataset>_training.json). Under a multi-worker strategy every worker trains,
+Writes the model (models/<dataset>.keras), one row of metrics per epoch
+(plots/<dataset>/history.csv, for `dvc plots`), a PNG of the curves, and a small
+summary (metrics/<dataset>_training.json). Under a multi-worker strategy every worker trains,
 and only the chief writes.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
 import os
 import sys
@@ -20,11 +19,10 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # hide TF's C++ info/warning chatter
 
 import keras  # noqa: E402
+import pandas as pd  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from dvclive import Live  # noqa: E402
-from dvclive.keras import DVCLiveCallback  # noqa: E402
 
-from stages.artifacts import load_split, model_path, plots_dir, write_json  # noqa: E402
+from stages.artifacts import atomic_path, load_split, model_path, plots_dir, write_json  # noqa: E402
 from stages.datasets import NUM_CLASSES, get_spec  # noqa: E402
 from stages.figures import plot_training_curves  # noqa: E402
 from stages.input_pipeline import evaluation_dataset, training_dataset  # noqa: E402
@@ -95,6 +93,16 @@ def selected_epoch_index(history: dict[str, list[float]], early_stopping: dict) 
     return values.index(pick(values))
 
 
+def history_table(history: dict[str, list[float]]) -> pd.DataFrame:
+    """One row per epoch (counted from 1), one column per logged metric, rounded.
+
+    Rounding keeps the CSV's diffs readable; reruns are bit-identical either way.
+    """
+    table = pd.DataFrame(history).round(6)
+    table.insert(0, "epoch", range(1, len(table) + 1))
+    return table
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("dataset", help="dataset key, e.g. mnist or fashion_mnist")
@@ -134,14 +142,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[train] precision {policy}, {distribution.replicas} replica(s), global batch "
           f"{batch_size}, peak learning rate {distribution.learning_rate:g}")
 
-    # Train. DVCLive (chief only) records every epoch's metrics as TSV for `dvc plots`.
+    # Train.
     callbacks = build_callbacks(train_params, BACKUP_DIR / spec.key)
-    live = (Live(str(plots_dir(spec.key) / "training"), dvcyaml=False, save_dvc_exp=False)
-            if distribution.is_chief else contextlib.nullcontext())
     started = time.perf_counter()
-    with live, distribution.strategy.scope():
-        if distribution.is_chief:
-            callbacks.append(DVCLiveCallback(live=live))
+    with distribution.strategy.scope():
         history = model.fit(
             train_data,
             validation_data=val_data,
@@ -169,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
         "replicas": distribution.replicas,
         "selected": {name: round(float(values[selected]), 6) for name, values in history.items()},
     })
+    with atomic_path(plots_dir(spec.key) / "history.csv") as tmp:
+        history_table(history).to_csv(tmp, index=False)
     plot_training_curves(history, plots_dir(spec.key) / "training_curves.png",
                          f"{spec.title}: training curves")
     return 0

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import os
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 
 from stages.datasets import DATASETS
@@ -49,3 +54,56 @@ def sha256(payload: bytes) -> str:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+def run_bounded(args: list[str], cwd: Path, env: dict[str, str], timeout: float,
+                stdout=subprocess.PIPE) -> subprocess.CompletedProcess:
+    """subprocess.run in its own process group, killed whole if anything goes wrong.
+
+    DVC starts the stage commands as children; killing only the direct child on a
+    timeout (what subprocess.run does) would leave them running.
+    """
+    process = subprocess.Popen(args, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                               stdout=stdout, stderr=subprocess.STDOUT, text=True,
+                               start_new_session=True)
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    except BaseException:  # a timeout, pytest-timeout's signal, Ctrl-C
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        raise
+    return subprocess.CompletedProcess(args, process.returncode, output or "", "")
+
+
+def processes_under(root: Path) -> list[psutil.Process]:
+    """Live processes working in `root` or naming it on their command line (not us)."""
+    root_text = str(root)
+    found = []
+    for process in psutil.process_iter(["pid", "cwd", "cmdline", "status"]):
+        info = process.info
+        if info["pid"] == os.getpid() or info["status"] == psutil.STATUS_ZOMBIE:
+            continue
+        cwd, cmdline = info["cwd"] or "", info["cmdline"] or []
+        if cwd.startswith(root_text) or any(root_text in arg for arg in cmdline):
+            found.append(process)
+    return found
+
+
+def stop_processes_under(root: Path, grace: float = 30.0) -> list[str]:
+    """Wait up to `grace` s for processes in `root` to end, then kill the rest.
+
+    Returns the command lines of those that had to be killed.
+    """
+    deadline = time.monotonic() + grace
+    while processes_under(root) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    killed = []
+    for process in processes_under(root):
+        try:
+            killed.append(" ".join(process.cmdline()))
+            process.kill()
+        except psutil.NoSuchProcess:
+            continue
+    psutil.wait_procs(processes_under(root), timeout=10)
+    return killed

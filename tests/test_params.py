@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 
 import pytest
 import yaml
@@ -98,3 +100,42 @@ def test_consistency_is_checked_after_the_per_dataset_merge(params):
     bad = with_value(params, "datasets.mnist.train", {"model": {"conv_filters": [16]}})
     with pytest.raises(ParamsError, match=r"datasets.mnist.train.model.convs_per_block"):
         validate_params(bad)
+
+
+def test_check_stage_writes_the_same_marker_for_any_valid_params(tmp_path, monkeypatch, params):
+    """The check_params stage: its output's bytes must not depend on the (valid) values,
+    or every params change would invalidate every stage."""
+    from stages.params import CHECKED_MARKER, main
+
+    monkeypatch.chdir(tmp_path)
+    written = []
+    for value in (0.1, 0.3):
+        (tmp_path / "params.yaml").write_text(
+            yaml.safe_dump(with_value(params, "train.model.conv_dropout", value)))
+        assert main() == 0
+        written.append((tmp_path / CHECKED_MARKER).read_bytes())
+    assert written[0] == written[1]
+
+
+def test_check_stage_names_the_problem_in_one_line(tmp_path, monkeypatch, params, capsys):
+    from stages.params import CHECKED_MARKER, main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text(
+        yaml.safe_dump(with_value(params, "train.model.conv_dropout", 1.5)))
+    assert main() == 1
+    first_line = capsys.readouterr().err.splitlines()[0]
+    assert first_line == ("check_params: params.yaml: train.model.conv_dropout = 1.5 is not "
+                          "allowed; expected a number in [0, 1)")
+    assert not (tmp_path / CHECKED_MARKER).exists()
+
+
+def test_check_stage_does_not_load_tensorflow(tmp_path):
+    """It runs before every stage: it must stay cheap (no TensorFlow start-up)."""
+    (tmp_path / "params.yaml").write_text((PROJECT_ROOT / "params.yaml").read_text())
+    probe = ("import sys; from stages.params import main; code = main(); "
+             "print(code, 'tensorflow' in sys.modules, 'keras' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=60,
+                            env={"PYTHONPATH": str(PROJECT_ROOT), "PATH": ""})
+    assert result.stdout.split()[-3:] == ["0", "False", "False"], result.stderr

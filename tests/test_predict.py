@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import struct
+import zlib
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -64,8 +67,55 @@ def test_transparent_background_counts_as_paper(tmp_path):
     assert to_dataset_format(pixels, "mnist").max() == 255
 
 
-def test_blank_image_does_not_crash():
-    assert to_dataset_format(np.full((50, 50), 255, dtype=np.uint8), "mnist").max() == 0
+def png_claiming_size(path, width: int, height: int) -> None:
+    """A small valid PNG whose header is rewritten to claim width x height pixels."""
+    Image.fromarray(np.zeros((8, 8), dtype=np.uint8)).save(path)
+    data = bytearray(path.read_bytes())
+    # Signature (8) + IHDR length (4) + "IHDR" (4): width, height, 5 more bytes, then CRC.
+    data[16:24] = struct.pack(">II", width, height)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    path.write_bytes(bytes(data))
+
+
+def test_decompression_bomb_is_a_per_file_error(tmp_path):
+    png_claiming_size(tmp_path / "bomb.png", 40000, 40000)
+    with pytest.raises(ImageError, match="too many pixels"):
+        load_grayscale(tmp_path / "bomb.png")
+
+
+@pytest.mark.parametrize("blank", [
+    np.full((50, 50), 255, dtype=np.uint8),    # white paper
+    np.zeros((28, 28), dtype=np.uint8),        # black, already in the datasets' size
+    np.full((1, 1), 128, dtype=np.uint8),      # a single pixel
+    np.clip(np.random.default_rng(0).normal(235, 4, (90, 120)), 0, 255).astype(np.uint8),
+], ids=["white", "black-28x28", "1x1", "noisy-grey-paper"])
+def test_image_with_no_object_is_refused_not_classified(blank):
+    with pytest.raises(ImageError, match="no object found"):
+        to_dataset_format(blank, "mnist")
+
+
+def test_faint_but_real_object_is_kept():
+    pixels = np.full((60, 60), 200, dtype=np.uint8)  # grey paper, a stroke 40 levels darker
+    pixels[10:50, 28:32] = 160
+    assert to_dataset_format(pixels, "mnist").max() == 255
+
+
+def test_sixteen_bit_grayscale_keeps_its_content(tmp_path, rng):
+    digit = digit_like(rng)
+    eight_bit = 255 - digit  # dark ring on white paper
+    Image.fromarray(eight_bit.astype(np.uint16) * 257).save(tmp_path / "ring16.png")
+    with Image.open(tmp_path / "ring16.png") as image:
+        assert image.mode.startswith("I")  # really a 16-bit file
+    np.testing.assert_array_equal(load_grayscale(tmp_path / "ring16.png"), eight_bit)
+    Image.fromarray(eight_bit).save(tmp_path / "ring8.png")
+    np.testing.assert_array_equal(prepare_image(tmp_path / "ring16.png", "mnist"),
+                                  prepare_image(tmp_path / "ring8.png", "mnist"))
+
+
+def test_float_image_in_unit_range_is_scaled(tmp_path, rng):
+    digit = digit_like(rng)
+    Image.fromarray(digit.astype(np.float32) / 255, mode="F").save(tmp_path / "ring.tiff")
+    np.testing.assert_array_equal(load_grayscale(tmp_path / "ring.tiff"), digit)
 
 
 def test_unreadable_files_name_the_problem(tmp_path):

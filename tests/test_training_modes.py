@@ -26,7 +26,7 @@ TIMEOUT = 300  # seconds for any one process
 # arithmetic: float32 vs bfloat16 here, per-replica batch-norm statistics (16 images per
 # replica instead of 32) and summation order under a strategy. 0.08 = 24 images.
 DISTRIBUTED_TOLERANCE = 0.08
-OUTPUTS = ("models/mnist.keras", "metrics/mnist_training.json", "plots/mnist/training")
+OUTPUTS = ("models/mnist.keras", "metrics/mnist_training.json", "plots/mnist/history.csv")
 
 
 def run_stage(workspace: Path, *args: str, env: dict | None = None) -> str:
