@@ -1,11 +1,11 @@
-# Entry points. Each target sets up (or refreshes) the virtualenv first, so on a
-# fresh machine with Python 3.11 and pip, `make repro` and `make test` just work.
+# Entry points. Each target sets up (or refreshes) the virtualenv first, so on a fresh
+# machine with Python 3.11 and pip, `make repro` and `make test` just work.
 VENV   := .venv
 BIN    := $(VENV)/bin
 # Stage commands in dvc.yaml call `python`: put the venv first on PATH.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup repro test bench lock clean-venv
+.PHONY: setup repro test test-fast lint format bench restore lock clean-venv
 
 setup:
 	@bash scripts/setup.sh
@@ -14,18 +14,35 @@ repro: setup          ## run the whole pipeline (both datasets)
 	dvc repro
 	dvc metrics show
 
-test:                 ## set up (incl. Chromium where possible), then the whole test suite
+test:                 ## set up (incl. Chromium where possible), then the whole suite (~10 min)
 	@bash scripts/setup.sh --for-tests
 	python -m pytest
 
+test-fast: setup      ## unit tests only: no DVC pipeline, no training (about 1 minute)
+	python -m pytest -m "not integration"
+
+lint: setup           ## what CI enforces: ruff's rules and ruff's formatting
+	ruff check .
+	ruff format --check .
+
+format: setup         ## apply ruff's formatting and safe fixes
+	ruff format .
+	ruff check --fix .
+
 bench: setup          ## throughput and time-to-accuracy vs the keras.io convnet (~9 min)
 	dvc repro preprocess@mnist
-	python -m stages.bench
+	mnist-cnn-bench
 
-lock:                 ## re-pin requirements.txt from requirements.in in a scratch venv
+restore: setup        ## after a failed run: params and results back as committed
+	git checkout HEAD -- params.yaml dvc.lock metrics plots
+	dvc checkout --force
+
+lock:                 ## re-pin requirements.lock (hashes) from pyproject.toml with uv
 	rm -rf /tmp/lock-venv && python3 -m venv /tmp/lock-venv
-	/tmp/lock-venv/bin/pip install --quiet -r requirements.in
-	/tmp/lock-venv/bin/pip freeze --exclude-editable > requirements.txt
+	/tmp/lock-venv/bin/pip install --quiet uv==0.13.9
+	/tmp/lock-venv/bin/uv pip compile pyproject.toml --extra test --extra dev \
+	  --generate-hashes --python-version 3.11 --python-platform x86_64-unknown-linux-gnu \
+	  --no-header --output-file requirements.lock
 
 clean-venv:
 	rm -rf $(VENV)

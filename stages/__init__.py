@@ -1,4 +1,3 @@
-"""Pipeline stages: one module per DVC stage plus small shared modules.
-
-Every stage is run by DVC as ``python -m stages.<stage> <dataset>``; see dvc.yaml.
-"""
+"""The pipeline's four stages, one module each, run by DVC as
+``python -m stages.<stage> <dataset>`` (see dvc.yaml). Each wires params to the
+library in ``mnist_cnn`` and writes its outputs; no stage imports another."""

@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
+from pydantic import BaseModel
 
-from stages.datasets import DATASETS
+from mnist_cnn.datasets import DATASETS
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -25,13 +26,22 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # epoch and a small model, through the same code path as a full run.
 TINY_OVERRIDE = {
     "preprocess": {"max_train_samples": 3000, "max_test_samples": 500},
-    "train": {"epochs": 1, "batch_size": 32, "lr_schedule": {"warmup_epochs": 0},
-              "model": {"conv_filters": [16, 32], "convs_per_block": [1, 1],
-                        "dense_units": [64]}},
+    "train": {
+        "epochs": 1,
+        "batch_size": 32,
+        "lr_schedule": {"warmup_epochs": 0},
+        "model": {"conv_filters": [16, 32], "convs_per_block": [1, 1], "dense_units": [64]},
+    },
     # The per-dataset sections of params.yaml override `train`: tiny them too.
-    "datasets": {key: {"train": {"epochs": 1, "model": {"convs_per_block": [1, 1]}}}
-                 for key in DATASETS},
+    "datasets": {
+        key: {"train": {"epochs": 1, "model": {"convs_per_block": [1, 1]}}} for key in DATASETS
+    },
 }
+
+
+def changed(section: BaseModel, **changes) -> BaseModel:
+    """A params section with some values replaced, validated like params.yaml."""
+    return type(section).model_validate({**section.model_dump(), **changes})
 
 
 def idx_bytes(array: np.ndarray) -> bytes:
@@ -56,16 +66,24 @@ def rng() -> np.random.Generator:
     return np.random.default_rng(0)
 
 
-def run_bounded(args: list[str], cwd: Path, env: dict[str, str], timeout: float,
-                stdout=subprocess.PIPE) -> subprocess.CompletedProcess:
+def run_bounded(
+    args: list[str], cwd: Path, env: dict[str, str], timeout: float, stdout=subprocess.PIPE
+) -> subprocess.CompletedProcess:
     """subprocess.run in its own process group, killed whole if anything goes wrong.
 
     DVC starts the stage commands as children; killing only the direct child on a
     timeout (what subprocess.run does) would leave them running.
     """
-    process = subprocess.Popen(args, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-                               stdout=stdout, stderr=subprocess.STDOUT, text=True,
-                               start_new_session=True)
+    process = subprocess.Popen(
+        args,
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=stdout,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         output, _ = process.communicate(timeout=timeout)
     except BaseException:  # a timeout, pytest-timeout's signal, Ctrl-C

@@ -2,30 +2,38 @@
 
 from __future__ import annotations
 
-import copy
-
 import keras
 import numpy as np
 
-from stages.bench import (BATCH_SIZE, KERAS_IO_PRESET, forward_flops, images_per_second,
-                          keras_io_convnet, preset_params)
-from stages.input_pipeline import training_dataset
-from stages.model import build_model, compile_model
-from stages.params import load_params
+from mnist_cnn.bench import (
+    BATCH_SIZE,
+    KERAS_IO_PRESET,
+    forward_flops,
+    images_per_second,
+    keras_io_convnet,
+    preset_params,
+)
+from mnist_cnn.input_pipeline import training_dataset
+from mnist_cnn.model import build_model, compile_model
+from mnist_cnn.params import AugmentParams, ModelParams, TrainParams, load_params
 from tests.conftest import PROJECT_ROOT
 
 
 def layer_summary(model: keras.Model) -> list[tuple]:
     """Kind, output shape and weight shapes of every layer that computes something."""
-    return [(type(layer).__name__, tuple(layer.output.shape[1:]),
-             tuple(tuple(w.shape) for w in layer.weights))
-            for layer in model.layers
-            if not isinstance(layer, keras.layers.InputLayer)]
+    return [
+        (
+            type(layer).__name__,
+            tuple(layer.output.shape[1:]),
+            tuple(tuple(w.shape) for w in layer.weights),
+        )
+        for layer in model.layers
+        if not isinstance(layer, keras.layers.InputLayer)
+    ]
 
 
 def test_preset_builds_the_published_convnet():
-    model_params = copy.deepcopy(KERAS_IO_PRESET["model"])
-    ours = build_model(model_params, (28, 28, 1), 10)
+    ours = build_model(ModelParams.model_validate(KERAS_IO_PRESET["model"]), (28, 28, 1), 10)
     theirs = keras_io_convnet()
     assert ours.count_params() == theirs.count_params() == 34_826
     # Ours spells conv+ReLU and dense+softmax as two layers each; the arithmetic is equal.
@@ -41,31 +49,35 @@ def test_forward_flops_counts_convs_and_dense():
 
 
 def test_preset_keys_exist_in_params():
-    train = load_params(PROJECT_ROOT / "params.yaml")["train"]
+    fields = TrainParams.model_fields
     for key, value in KERAS_IO_PRESET.items():
-        assert key in train
+        assert key in fields
         if isinstance(value, dict):
-            assert set(value) == set(train[key])
+            assert set(value) == set(fields[key].annotation.model_fields)
 
 
 def test_preset_trains_like_the_published_script():
-    train = load_params(PROJECT_ROOT / "params.yaml")["train"]
-    preset = preset_params(train)
-    ours = compile_model(build_model(preset["model"], (28, 28, 1), 10), preset, 100)
+    preset = preset_params(load_params(PROJECT_ROOT / "params.yaml").train)
+    ours = compile_model(build_model(preset.model, (28, 28, 1), 10), preset, 100)
     theirs = keras_io_convnet()
     assert type(ours.optimizer) is type(theirs.optimizer)
     assert float(ours.optimizer.learning_rate) == float(theirs.optimizer.learning_rate)
     assert ours.loss.get_config()["label_smoothing"] == 0.0
     # The published script feeds the images as they are: no augmentation on our side either.
-    assert not preset["augment"]["shift_pixels"] and not preset["augment"]["horizontal_flip"]
+    assert not preset.augment.shift_pixels and not preset.augment.horizontal_flip
 
 
 def test_images_per_second_times_every_contender_on_both_kinds_of_input():
     rng = np.random.default_rng(0)
     x = rng.random((4 * BATCH_SIZE, 28, 28, 1), dtype=np.float32)
     y = keras.utils.to_categorical(rng.integers(0, 10, len(x)), 10)
-    data = training_dataset(x, y, BATCH_SIZE, 0, {"shift_pixels": 0, "horizontal_flip": False})
-    speeds = images_per_second({"numpy": (keras_io_convnet(), (x, y)),
-                                "tf.data": (keras_io_convnet(), data)}, steps=2, repeats=3)
+    data = training_dataset(
+        x, y, BATCH_SIZE, 0, AugmentParams(shift_pixels=0, horizontal_flip=False)
+    )
+    speeds = images_per_second(
+        {"numpy": (keras_io_convnet(), (x, y)), "tf.data": (keras_io_convnet(), data)},
+        steps=2,
+        repeats=3,
+    )
     assert set(speeds) == {"numpy", "tf.data"}
     assert all(np.isfinite(speed) and speed > 0 for speed in speeds.values())

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from stages.datasets import FASHION_MNIST, FILENAMES, MNIST, DatasetSpec
-from stages.download import (
+from mnist_cnn.datasets import FASHION_MNIST, FILENAMES, MNIST, DatasetSpec
+from mnist_cnn.sources import (
     LOCAL_DIR_ENV,
     DownloadError,
     Source,
@@ -27,9 +27,12 @@ CONTENT = {name: f"idx content of {name}".encode() * 50 for name in FILENAMES.va
 def spec() -> DatasetSpec:
     """A dataset whose four files are small, with known decompressed checksums."""
     return DatasetSpec(
-        key="toy", title="Toy", class_names=tuple("abcdefghij"),
+        key="toy",
+        title="Toy",
+        class_names=tuple("abcdefghij"),
         sha256={name: sha256(data) for name, data in CONTENT.items()},
-        upstream_gz_md5={}, mirrors=(),
+        upstream_gz_md5={},
+        mirrors=(),
     )
 
 
@@ -79,8 +82,12 @@ def test_no_verified_copy_names_every_source_and_leaves_nothing(tmp_path, spec):
     (not_gzip / name).write_bytes(b"plain text, not gzip")
     missing = tmp_path / "empty"
     missing.mkdir()
-    sources = [local(corrupted), local(not_gzip), local(missing),
-               Source("offline package (not installed)", None)]
+    sources = [
+        local(corrupted),
+        local(not_gzip),
+        local(missing),
+        Source("offline package (not installed)", None),
+    ]
     destination = tmp_path / "raw" / "toy"
 
     with pytest.raises(DownloadError) as error:

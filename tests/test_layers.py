@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from stages.layers import FusedBatchNormalization
+from mnist_cnn.layers import FusedBatchNormalization
 
 
 def pair(momentum=0.9):
@@ -15,8 +15,12 @@ def pair(momentum=0.9):
     keras_bn = keras.layers.BatchNormalization(momentum=momentum)
     fused_bn = FusedBatchNormalization(momentum=momentum)
     rng = np.random.default_rng(3)
-    weights = [rng.normal(1, 0.2, 4), rng.normal(0, 0.2, 4), rng.normal(0, 0.5, 4),
-               rng.uniform(0.5, 2.0, 4)]  # gamma, beta, moving mean, moving variance
+    weights = [
+        rng.normal(1, 0.2, 4),
+        rng.normal(0, 0.2, 4),
+        rng.normal(0, 0.5, 4),
+        rng.uniform(0.5, 2.0, 4),
+    ]  # gamma, beta, moving mean, moving variance
     for layer in (keras_bn, fused_bn):
         layer.build((None, 6, 6, 4))
         layer.set_weights([w.astype("float32") for w in weights])
@@ -31,8 +35,9 @@ def images(seed=0):
 def test_fused_output_matches_keras(training):
     keras_bn, fused_bn = pair()
     x = images()
-    np.testing.assert_allclose(fused_bn(x, training=training), keras_bn(x, training=training),
-                               rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        fused_bn(x, training=training), keras_bn(x, training=training), rtol=1e-4, atol=1e-4
+    )
 
 
 def test_fused_moving_statistics_follow_keras_momentum():

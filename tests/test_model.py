@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import copy
-
 import keras
 import numpy as np
 import pytest
 
-from stages.model import build_model, compile_model, learning_rate_schedule
-from stages.params import load_params
-from tests.conftest import PROJECT_ROOT
+from mnist_cnn.model import build_model, compile_model, learning_rate_schedule
+from mnist_cnn.params import ModelParams, TrainParams, load_params
+from tests.conftest import PROJECT_ROOT, changed
 
 
 @pytest.fixture(scope="module")
-def model_params() -> dict:
-    return load_params(PROJECT_ROOT / "params.yaml")["train"]["model"]
+def model_params() -> ModelParams:
+    return load_params(PROJECT_ROOT / "params.yaml").train.model
 
 
 def layers_of(model, kind):
@@ -29,16 +27,24 @@ def test_default_model_shape_and_softmax(model_params):
     np.testing.assert_allclose(keras.ops.convert_to_numpy(probabilities).sum(axis=1), 1, rtol=1e-5)
     convs = layers_of(model, keras.layers.Conv2D)
     assert [c.filters for c in convs] == [
-        f for f, n in zip(model_params["conv_filters"], model_params["convs_per_block"])
+        f
+        for f, n in zip(model_params.conv_filters, model_params.convs_per_block, strict=True)
         for _ in range(n)
     ]
-    assert len(layers_of(model, keras.layers.MaxPooling2D)) == len(model_params["conv_filters"])
+    assert len(layers_of(model, keras.layers.MaxPooling2D)) == len(model_params.conv_filters)
 
 
 def test_every_architecture_param_is_used(model_params):
-    variant = copy.deepcopy(model_params)
-    variant.update(conv_filters=[8, 16], convs_per_block=[1, 2], kernel_size=5, batch_norm=False,
-                   conv_dropout=0.1, dense_units=[32, 16], dense_dropout=0.3)
+    variant = changed(
+        model_params,
+        conv_filters=[8, 16],
+        convs_per_block=[1, 2],
+        kernel_size=5,
+        batch_norm=False,
+        conv_dropout=0.1,
+        dense_units=[32, 16],
+        dense_dropout=0.3,
+    )
     model = build_model(variant, (28, 28, 1), 10)
     convs = layers_of(model, keras.layers.Conv2D)
     assert [c.filters for c in convs] == [8, 16, 16]
@@ -49,14 +55,14 @@ def test_every_architecture_param_is_used(model_params):
     rates = sorted({d.rate for d in layers_of(model, keras.layers.Dropout)})
     assert rates == [0.1, 0.3]
 
-    variant.update(batch_norm=True, batch_norm_momentum=0.8)
+    variant = changed(variant, batch_norm=True, batch_norm_momentum=0.8)
     norms = layers_of(build_model(variant, (28, 28, 1), 10), keras.layers.BatchNormalization)
     assert len(norms) == 5 and all(n.momentum == 0.8 for n in norms)
 
 
 @pytest.fixture(scope="module")
-def train_params() -> dict:
-    return load_params(PROJECT_ROOT / "params.yaml")["train"]
+def train_params() -> TrainParams:
+    return load_params(PROJECT_ROOT / "params.yaml").train
 
 
 def rate_at(schedule, step: int) -> float:
@@ -64,16 +70,22 @@ def rate_at(schedule, step: int) -> float:
 
 
 def test_compile_adamw_with_warmup_then_cosine_and_label_smoothing(train_params, model_params):
-    params = copy.deepcopy(train_params)
-    params.update(optimizer="adamw", weight_decay=0.02, learning_rate=0.004, epochs=10,
-                  label_smoothing=0.2, lr_schedule={"name": "cosine", "warmup_epochs": 2})
+    params = changed(
+        train_params,
+        optimizer="adamw",
+        weight_decay=0.02,
+        learning_rate=0.004,
+        epochs=10,
+        label_smoothing=0.2,
+        lr_schedule={"name": "cosine", "warmup_epochs": 2},
+    )
     model = compile_model(build_model(model_params, (28, 28, 1), 10), params, steps_per_epoch=5)
     optimizer = model.optimizer
     assert isinstance(optimizer, keras.optimizers.AdamW) and optimizer.weight_decay == 0.02
     assert model.loss.label_smoothing == 0.2
     assert float(keras.ops.convert_to_numpy(optimizer.learning_rate)) == 0.0  # step 0
     schedule = learning_rate_schedule(params, 0.004, steps_per_epoch=5)
-    assert rate_at(schedule, 5) == pytest.approx(0.002)   # half-way through the warm-up
+    assert rate_at(schedule, 5) == pytest.approx(0.002)  # half-way through the warm-up
     assert rate_at(schedule, 10) == pytest.approx(0.004)  # peak
     assert rate_at(schedule, 30) == pytest.approx(0.002)  # half-way through the decay
     assert rate_at(schedule, 50) == pytest.approx(0.0, abs=1e-9)
@@ -81,11 +93,16 @@ def test_compile_adamw_with_warmup_then_cosine_and_label_smoothing(train_params,
 
 def test_compile_plain_adam_with_constant_rate(train_params, model_params):
     """The seed's setup: Adam at a fixed rate (ReduceLROnPlateau may then change it)."""
-    params = copy.deepcopy(train_params)
-    params.update(optimizer="adam", learning_rate=0.005, label_smoothing=0.0,
-                  lr_schedule={"name": "constant", "warmup_epochs": 0})
-    model = compile_model(build_model(model_params, (28, 28, 1), 10), params, steps_per_epoch=5,
-                          learning_rate=0.01)  # a distributed run passes the scaled rate
+    params = changed(
+        train_params,
+        optimizer="adam",
+        learning_rate=0.005,
+        label_smoothing=0.0,
+        lr_schedule={"name": "constant", "warmup_epochs": 0},
+    )
+    model = compile_model(
+        build_model(model_params, (28, 28, 1), 10), params, steps_per_epoch=5, learning_rate=0.01
+    )  # a distributed run passes the scaled rate
     assert type(model.optimizer) is keras.optimizers.Adam
     assert float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)) == pytest.approx(0.01)
     assert model.loss.label_smoothing == 0.0
@@ -105,7 +122,7 @@ def test_mixed_bfloat16_computes_in_bfloat16_but_outputs_float32(model_params):
 def test_saved_model_bytes_do_not_depend_on_the_clock(model_params, tmp_path):
     import time
 
-    from stages.model import save_model
+    from mnist_cnn.model import save_model
 
     model = build_model(model_params, (28, 28, 1), 10)
     save_model(model, tmp_path / "a.keras")

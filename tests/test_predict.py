@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stages.predict import ImageError, load_grayscale, prepare_image, to_dataset_format
-from stages.preprocess import normalize_images
+from mnist_cnn.predict import ImageError, load_grayscale, prepare_image, to_dataset_format
+from mnist_cnn.preprocessing import normalize_images
 
 
 def digit_like(rng) -> np.ndarray:
@@ -24,8 +24,9 @@ def test_dataset_format_images_are_used_as_is(tmp_path, rng):
     pixels = rng.integers(0, 256, size=(28, 28), dtype=np.uint8)
     pixels[0, :] = pixels[-1, :] = pixels[:, 0] = pixels[:, -1] = 0
     Image.fromarray(pixels).save(tmp_path / "x.png")
-    np.testing.assert_array_equal(prepare_image(tmp_path / "x.png", "mnist"),
-                                  normalize_images(pixels[np.newaxis])[0])
+    np.testing.assert_array_equal(
+        prepare_image(tmp_path / "x.png", "mnist"), normalize_images(pixels[np.newaxis])[0]
+    )
 
 
 def test_light_background_photo_is_inverted_cropped_and_centred(tmp_path, rng):
@@ -35,7 +36,8 @@ def test_light_background_photo_is_inverted_cropped_and_centred(tmp_path, rng):
     photo[20:132, 60:172] = paper * (220 / 255) + 10
     photo += rng.normal(0, 5, photo.shape)
     Image.fromarray(np.clip(photo, 0, 255).astype(np.uint8)).convert("RGB").save(
-        tmp_path / "photo.jpg", quality=90)
+        tmp_path / "photo.jpg", quality=90
+    )
 
     result = prepare_image(tmp_path / "photo.jpg", "mnist")[..., 0]
     assert result.shape == (28, 28) and result.dtype == np.float32
@@ -83,12 +85,16 @@ def test_decompression_bomb_is_a_per_file_error(tmp_path):
         load_grayscale(tmp_path / "bomb.png")
 
 
-@pytest.mark.parametrize("blank", [
-    np.full((50, 50), 255, dtype=np.uint8),    # white paper
-    np.zeros((28, 28), dtype=np.uint8),        # black, already in the datasets' size
-    np.full((1, 1), 128, dtype=np.uint8),      # a single pixel
-    np.clip(np.random.default_rng(0).normal(235, 4, (90, 120)), 0, 255).astype(np.uint8),
-], ids=["white", "black-28x28", "1x1", "noisy-grey-paper"])
+@pytest.mark.parametrize(
+    "blank",
+    [
+        np.full((50, 50), 255, dtype=np.uint8),  # white paper
+        np.zeros((28, 28), dtype=np.uint8),  # black, already in the datasets' size
+        np.full((1, 1), 128, dtype=np.uint8),  # a single pixel
+        np.clip(np.random.default_rng(0).normal(235, 4, (90, 120)), 0, 255).astype(np.uint8),
+    ],
+    ids=["white", "black-28x28", "1x1", "noisy-grey-paper"],
+)
 def test_image_with_no_object_is_refused_not_classified(blank):
     with pytest.raises(ImageError, match="no object found"):
         to_dataset_format(blank, "mnist")
@@ -108,8 +114,10 @@ def test_sixteen_bit_grayscale_keeps_its_content(tmp_path, rng):
         assert image.mode.startswith("I")  # really a 16-bit file
     np.testing.assert_array_equal(load_grayscale(tmp_path / "ring16.png"), eight_bit)
     Image.fromarray(eight_bit).save(tmp_path / "ring8.png")
-    np.testing.assert_array_equal(prepare_image(tmp_path / "ring16.png", "mnist"),
-                                  prepare_image(tmp_path / "ring8.png", "mnist"))
+    np.testing.assert_array_equal(
+        prepare_image(tmp_path / "ring16.png", "mnist"),
+        prepare_image(tmp_path / "ring8.png", "mnist"),
+    )
 
 
 def test_float_image_in_unit_range_is_scaled(tmp_path, rng):

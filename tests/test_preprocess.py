@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stages.preprocess import (
+from mnist_cnn.preprocessing import (
     class_counts,
     normalize_images,
     one_hot,

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stages.params import _deep_merge
+from mnist_cnn.params import deep_merge
 from tests.conftest import PROJECT_ROOT, TINY_OVERRIDE
 
 pytestmark = pytest.mark.integration
@@ -30,8 +30,14 @@ OUTPUTS = ("models/mnist.keras", "metrics/mnist_training.json", "plots/mnist/his
 
 
 def run_stage(workspace: Path, *args: str, env: dict | None = None) -> str:
-    result = subprocess.run([sys.executable, "-m", *args], cwd=workspace, capture_output=True,
-                            text=True, timeout=TIMEOUT, env=env)
+    result = subprocess.run(
+        [sys.executable, "-m", *args],
+        cwd=workspace,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        env=env,
+    )
     output = result.stdout + result.stderr
     assert result.returncode == 0, f"{' '.join(args)} failed:\n{output[-4000:]}"
     return output
@@ -39,15 +45,17 @@ def run_stage(workspace: Path, *args: str, env: dict | None = None) -> str:
 
 def set_train_params(workspace: Path, train: dict) -> None:
     base = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
-    params = _deep_merge(_deep_merge(base, TINY_OVERRIDE), {"train": train})
+    params = deep_merge(deep_merge(base, TINY_OVERRIDE), {"train": train})
     (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("modes")
-    shutil.copytree(PROJECT_ROOT / "stages", root / "stages",
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    for package in ("stages", "mnist_cnn"):
+        shutil.copytree(
+            PROJECT_ROOT / package, root / package, ignore=shutil.ignore_patterns("__pycache__")
+        )
     set_train_params(root, {})
     run_stage(root, "stages.download", "mnist")
     run_stage(root, "stages.preprocess", "mnist")
@@ -79,12 +87,20 @@ def test_same_seed_same_model_in_every_precision(workspace, single_float32, prec
 
 def test_mirrored_over_two_logical_cpus_matches_single_device(workspace, single_float32):
     # Same global batch and rate as the single-device run, split over two replicas.
-    mirrored = train(workspace, precision="float32", distribution={
-        "strategy": "mirrored", "devices": ["/cpu:0", "/cpu:1"],
-        "batch_size_per_replica": False, "scale_learning_rate": False})
+    mirrored = train(
+        workspace,
+        precision="float32",
+        distribution={
+            "strategy": "mirrored",
+            "devices": ["/cpu:0", "/cpu:1"],
+            "batch_size_per_replica": False,
+            "scale_learning_rate": False,
+        },
+    )
     assert mirrored["replicas"] == 2
     assert mirrored["selected"]["val_accuracy"] == pytest.approx(
-        single_float32["selected"]["val_accuracy"], abs=DISTRIBUTED_TOLERANCE)
+        single_float32["selected"]["val_accuracy"], abs=DISTRIBUTED_TOLERANCE
+    )
 
 
 def free_ports(count: int) -> list[int]:
@@ -99,9 +115,17 @@ def free_ports(count: int) -> list[int]:
 
 
 def test_multi_worker_two_processes_only_chief_writes(workspace, single_float32, tmp_path):
-    set_train_params(workspace, {"precision": "float32", "distribution": {
-        "strategy": "multi_worker", "batch_size_per_replica": False,
-        "scale_learning_rate": False}})
+    set_train_params(
+        workspace,
+        {
+            "precision": "float32",
+            "distribution": {
+                "strategy": "multi_worker",
+                "batch_size_per_replica": False,
+                "scale_learning_rate": False,
+            },
+        },
+    )
     for output in OUTPUTS:  # so that what exists afterwards was written by this run
         path = workspace / output
         shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
@@ -112,17 +136,28 @@ def test_multi_worker_two_processes_only_chief_writes(workspace, single_float32,
     processes = []
     try:
         for index, cwd in enumerate((workspace, other)):
-            env = dict(os.environ, TF_CONFIG=json.dumps(
-                {"cluster": cluster, "task": {"type": "worker", "index": index}}))
-            processes.append(subprocess.Popen(
-                [sys.executable, "-m", "stages.train", "mnist"], cwd=cwd, env=env,
-                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+            env = dict(
+                os.environ,
+                TF_CONFIG=json.dumps(
+                    {"cluster": cluster, "task": {"type": "worker", "index": index}}
+                ),
+            )
+            processes.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "stages.train", "mnist"],
+                    cwd=cwd,
+                    env=env,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                )
+            )
         logs = [process.communicate(timeout=TIMEOUT)[0] for process in processes]
     finally:
         for process in processes:  # reap both, even after a timeout
             process.kill()
             process.wait()
-    for index, (process, log) in enumerate(zip(processes, logs)):
+    for index, (process, log) in enumerate(zip(processes, logs, strict=True)):
         assert process.returncode == 0, f"worker {index} failed:\n{log[-4000:]}"
         assert "2 replica(s), global batch 32" in log
 
@@ -134,4 +169,5 @@ def test_multi_worker_two_processes_only_chief_writes(workspace, single_float32,
     summary = json.loads((workspace / "metrics/mnist_training.json").read_text())
     assert summary["replicas"] == 2
     assert summary["selected"]["val_accuracy"] == pytest.approx(
-        single_float32["selected"]["val_accuracy"], abs=DISTRIBUTED_TOLERANCE)
+        single_float32["selected"]["val_accuracy"], abs=DISTRIBUTED_TOLERANCE
+    )

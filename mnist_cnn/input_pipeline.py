@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from mnist_cnn.params import AugmentParams
+
 
 def shift_images(images: tf.Tensor, offsets: tf.Tensor) -> tf.Tensor:
     """Translate each image by whole pixels (offsets[i] = (dx, dy)), filling with 0.
@@ -25,13 +27,18 @@ def shift_images(images: tf.Tensor, offsets: tf.Tensor) -> tf.Tensor:
         [ones, zeros, -offsets[:, 0], zeros, ones, -offsets[:, 1], zeros, zeros], axis=1
     )
     return tf.raw_ops.ImageProjectiveTransformV3(
-        images=images, transforms=transforms, output_shape=tf.shape(images)[1:3],
-        fill_value=0.0, interpolation="NEAREST", fill_mode="CONSTANT",
+        images=images,
+        transforms=transforms,
+        output_shape=tf.shape(images)[1:3],
+        fill_value=0.0,
+        interpolation="NEAREST",
+        fill_mode="CONSTANT",
     )
 
 
-def augment_batch(images: tf.Tensor, seed: tf.Tensor, shift_pixels: int,
-                  horizontal_flip: bool) -> tf.Tensor:
+def augment_batch(
+    images: tf.Tensor, seed: tf.Tensor, shift_pixels: int, horizontal_flip: bool
+) -> tf.Tensor:
     """Random shifts of up to ±shift_pixels and, if asked, left-right flips.
 
     `seed` is a shape-[2] int tensor; the same seed gives the same batch.
@@ -40,8 +47,9 @@ def augment_batch(images: tf.Tensor, seed: tf.Tensor, shift_pixels: int,
     count = tf.shape(images)[0]
     shift_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
     if shift_pixels:
-        offsets = tf.random.stateless_uniform((count, 2), shift_seed, minval=-shift_pixels,
-                                              maxval=shift_pixels + 1, dtype=tf.int32)
+        offsets = tf.random.stateless_uniform(
+            (count, 2), shift_seed, minval=-shift_pixels, maxval=shift_pixels + 1, dtype=tf.int32
+        )
         images = shift_images(images, offsets)
     if horizontal_flip:
         flip = tf.random.stateless_uniform((count, 1, 1, 1), flip_seed) < 0.5
@@ -65,19 +73,24 @@ def _with_options(dataset: tf.data.Dataset) -> tf.data.Dataset:
     return dataset.with_options(options)
 
 
-def training_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int, seed: int,
-                     augment: dict) -> tf.data.Dataset:
+def training_dataset(
+    images: np.ndarray, labels: np.ndarray, batch_size: int, seed: int, augment: AugmentParams
+) -> tf.data.Dataset:
     """Shuffled (differently each epoch, reproducibly), batched, augmented, prefetched."""
     dataset = tf.data.Dataset.from_tensor_slices((images, labels))
     dataset = dataset.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
     dataset = dataset.batch(batch_size)
-    if augment["shift_pixels"] or augment["horizontal_flip"]:
+    if augment.shift_pixels or augment.horizontal_flip:
         # One int64 per batch, a new sequence each epoch, the same sequence each run.
         seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
         dataset = tf.data.Dataset.zip(dataset, seeds).map(
             lambda batch, draw: (
-                augment_batch(batch[0], tf.stack([draw, tf.constant(seed, tf.int64)]),
-                              augment["shift_pixels"], augment["horizontal_flip"]),
+                augment_batch(
+                    batch[0],
+                    tf.stack([draw, tf.constant(seed, tf.int64)]),
+                    augment.shift_pixels,
+                    augment.horizontal_flip,
+                ),
                 batch[1],
             ),
             num_parallel_calls=tf.data.AUTOTUNE,
@@ -85,8 +98,7 @@ def training_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int, se
     return _with_options(dataset.prefetch(tf.data.AUTOTUNE))
 
 
-def evaluation_dataset(images: np.ndarray, labels: np.ndarray,
-                       batch_size: int) -> tf.data.Dataset:
+def evaluation_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int) -> tf.data.Dataset:
     """In order, batched, no augmentation."""
     dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(batch_size)
     return _with_options(dataset.prefetch(tf.data.AUTOTUNE))

@@ -85,7 +85,6 @@ def load_image_label_pair(
     labels = check_labels(read_idx_gz(labels_path), str(labels_path), num_classes)
     if len(images) != len(labels):
         raise IdxFormatError(
-            f"{images_path} holds {len(images)} images but {labels_path} holds "
-            f"{len(labels)} labels"
+            f"{images_path} holds {len(images)} images but {labels_path} holds {len(labels)} labels"
         )
     return images, labels

@@ -17,41 +17,47 @@ from pathlib import Path
 import keras
 from keras import layers
 
-from stages.artifacts import atomic_path
-from stages.layers import FusedBatchNormalization
+from mnist_cnn.artifacts import atomic_path
+from mnist_cnn.layers import FusedBatchNormalization
+from mnist_cnn.params import ModelParams, TrainParams
 
 # Zip's earliest representable time: every entry gets it, so saves are byte-identical.
 FIXED_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 
 
-def build_model(model_params: dict, input_shape: tuple[int, ...], num_classes: int) -> keras.Model:
-    batch_norm = model_params["batch_norm"]
+def build_model(
+    model_params: ModelParams, input_shape: tuple[int, ...], num_classes: int
+) -> keras.Model:
+    batch_norm = model_params.batch_norm
     # Keras' default moving-average momentum (0.99) needs hundreds of steps before the
     # inference statistics settle; a lower one makes short runs evaluate sensibly.
-    bn_momentum = model_params["batch_norm_momentum"]
+    bn_momentum = model_params.batch_norm_momentum
     inputs = keras.Input(shape=input_shape, name="image")
     x = inputs
-    blocks = zip(model_params["conv_filters"], model_params["convs_per_block"], strict=True)
+    blocks = zip(model_params.conv_filters, model_params.convs_per_block, strict=True)
     for block, (filters, convs) in enumerate(blocks, start=1):
         for conv in range(1, convs + 1):
             # With batch-norm right after, a conv bias would be redundant.
-            x = layers.Conv2D(filters, model_params["kernel_size"],
-                              padding=model_params["padding"],
-                              use_bias=not batch_norm, name=f"block{block}_conv{conv}")(x)
+            x = layers.Conv2D(
+                filters,
+                model_params.kernel_size,
+                padding=model_params.padding,
+                use_bias=not batch_norm,
+                name=f"block{block}_conv{conv}",
+            )(x)
             if batch_norm:
                 # Fused kernel: the Keras layer's separate ops cost as much as the convs.
-                x = FusedBatchNormalization(momentum=bn_momentum,
-                                            name=f"block{block}_bn{conv}")(x)
+                x = FusedBatchNormalization(momentum=bn_momentum, name=f"block{block}_bn{conv}")(x)
             x = layers.Activation("relu", name=f"block{block}_relu{conv}")(x)
         x = layers.MaxPooling2D(name=f"block{block}_pool")(x)
-        if model_params["conv_dropout"]:
-            x = layers.Dropout(model_params["conv_dropout"], name=f"block{block}_dropout")(x)
+        if model_params.conv_dropout:
+            x = layers.Dropout(model_params.conv_dropout, name=f"block{block}_dropout")(x)
 
     x = layers.Flatten(name="flatten")(x)
-    dense_dropout = model_params["dense_dropout"]
-    if not model_params["dense_units"] and dense_dropout:
+    dense_dropout = model_params.dense_dropout
+    if not model_params.dense_units and dense_dropout:
         x = layers.Dropout(dense_dropout, name="flatten_dropout")(x)
-    for index, units in enumerate(model_params["dense_units"], start=1):
+    for index, units in enumerate(model_params.dense_units, start=1):
         x = layers.Dense(units, use_bias=not batch_norm, name=f"dense{index}")(x)
         if batch_norm:
             x = layers.BatchNormalization(momentum=bn_momentum, name=f"dense{index}_bn")(x)
@@ -65,38 +71,42 @@ def build_model(model_params: dict, input_shape: tuple[int, ...], num_classes: i
     return keras.Model(inputs, outputs, name="cnn")
 
 
-def learning_rate_schedule(train_params: dict, learning_rate: float, steps_per_epoch: int):
+def learning_rate_schedule(train_params: TrainParams, learning_rate: float, steps_per_epoch: int):
     """A constant rate, or a linear warm-up to `learning_rate` then cosine decay to 0."""
-    schedule = train_params["lr_schedule"]
-    if schedule["name"] == "constant":
+    schedule = train_params.lr_schedule
+    if schedule.name == "constant":
         return learning_rate
-    warmup_steps = schedule["warmup_epochs"] * steps_per_epoch
+    warmup_steps = schedule.warmup_epochs * steps_per_epoch
     return keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=0.0 if warmup_steps else learning_rate,
-        decay_steps=train_params["epochs"] * steps_per_epoch - warmup_steps,
+        decay_steps=train_params.epochs * steps_per_epoch - warmup_steps,
         warmup_target=learning_rate if warmup_steps else None,
         warmup_steps=warmup_steps,
     )
 
 
-def compile_model(model: keras.Model, train_params: dict, steps_per_epoch: int,
-                  learning_rate: float | None = None) -> keras.Model:
+def compile_model(
+    model: keras.Model,
+    train_params: TrainParams,
+    steps_per_epoch: int,
+    learning_rate: float | None = None,
+) -> keras.Model:
     """Adam or AdamW (decoupled weight decay), label-smoothed cross-entropy, accuracy.
 
     `learning_rate` overrides the params' rate (the distributed run scales it).
     """
     rate = learning_rate_schedule(
-        train_params, learning_rate or train_params["learning_rate"], steps_per_epoch
+        train_params, learning_rate or train_params.learning_rate, steps_per_epoch
     )
-    if train_params["optimizer"] == "adamw":
-        optimizer = keras.optimizers.AdamW(learning_rate=rate,
-                                           weight_decay=train_params["weight_decay"])
+    if train_params.optimizer == "adamw":
+        optimizer = keras.optimizers.AdamW(
+            learning_rate=rate, weight_decay=train_params.weight_decay
+        )
     else:
         optimizer = keras.optimizers.Adam(learning_rate=rate)
     model.compile(
         optimizer=optimizer,
-        loss=keras.losses.CategoricalCrossentropy(
-            label_smoothing=train_params["label_smoothing"]),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=train_params.label_smoothing),
         metrics=["accuracy"],
     )
     return model
@@ -132,8 +142,11 @@ def save_model(model: keras.Model, path: Path | str) -> None:
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".save-") as scratch:
         plain = Path(scratch) / "model.keras"
         model.save(plain)
-        with atomic_path(path) as tmp, zipfile.ZipFile(plain) as source, \
-                zipfile.ZipFile(tmp, "w") as target:
+        with (
+            atomic_path(path) as tmp,
+            zipfile.ZipFile(plain) as source,
+            zipfile.ZipFile(tmp, "w") as target,
+        ):
             for entry in source.infolist():
                 data = source.read(entry)
                 if entry.filename == "metadata.json":

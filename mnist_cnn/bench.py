@@ -1,7 +1,8 @@
 """Benchmark: our training pipeline against the keras.io "Simple MNIST convnet".
 
 Not a pipeline stage (timings are not reproducible outputs); run it after
-`dvc repro preprocess@mnist` with `make bench` or `python -m stages.bench`. In one
+`dvc repro preprocess@mnist` with `make bench`, `mnist-cnn-bench` or
+`python -m mnist_cnn.bench`. In one
 process, on the same prepared training split, it measures:
 
 1. the matmul ceiling of this machine (4096² float32 and bfloat16 GFLOP/s);
@@ -19,27 +20,23 @@ process, on the same prepared training split, it measures:
 from __future__ import annotations
 
 import argparse
-import copy
 import math
 import os
 import statistics
 import sys
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import keras
+import tensorflow as tf
+from keras import layers
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from keras import layers  # noqa: E402
-
-from stages.artifacts import load_split  # noqa: E402
-from stages.datasets import NUM_CLASSES, get_spec  # noqa: E402
-from stages.input_pipeline import evaluation_dataset, training_dataset  # noqa: E402
-from stages.model import build_model, compile_model  # noqa: E402
-from stages.params import load_params, train_params_for  # noqa: E402
-from stages.runtime import resolve_precision  # noqa: E402
-from stages.train import make_deterministic  # noqa: E402
+from mnist_cnn.artifacts import load_split
+from mnist_cnn.datasets import NUM_CLASSES, get_spec
+from mnist_cnn.input_pipeline import evaluation_dataset, training_dataset
+from mnist_cnn.model import build_model, compile_model
+from mnist_cnn.params import TrainParams, deep_merge, load_params
+from mnist_cnn.runtime import resolve_precision
+from mnist_cnn.training import make_deterministic
 
 BATCH_SIZE = 128  # keras.io's
 WARMUP_STEPS = 10  # untimed batches before each model's timing
@@ -48,32 +45,44 @@ WARMUP_STEPS = 10  # untimed batches before each model's timing
 # 0.5 before the softmax, Adam at Keras' default rate, plain cross-entropy, and no
 # augmentation (the published script has none), so (a) and (b) do the same work.
 KERAS_IO_PRESET = {
-    "model": {"conv_filters": [32, 64], "convs_per_block": [1, 1], "kernel_size": 3,
-              "padding": "valid", "batch_norm": False, "batch_norm_momentum": 0.99,
-              "conv_dropout": 0.0, "dense_units": [], "dense_dropout": 0.5},
-    "optimizer": "adam", "learning_rate": 0.001, "label_smoothing": 0.0,
+    "model": {
+        "conv_filters": [32, 64],
+        "convs_per_block": [1, 1],
+        "kernel_size": 3,
+        "padding": "valid",
+        "batch_norm": False,
+        "batch_norm_momentum": 0.99,
+        "conv_dropout": 0.0,
+        "dense_units": [],
+        "dense_dropout": 0.5,
+    },
+    "optimizer": "adam",
+    "learning_rate": 0.001,
+    "label_smoothing": 0.0,
     "lr_schedule": {"name": "constant", "warmup_epochs": 0},
     "augment": {"shift_pixels": 0, "horizontal_flip": False},
 }
 
 
-def preset_params(train_params: dict) -> dict:
-    """`train_params` with the keras.io preset laid over it (a deep copy)."""
-    return {**copy.deepcopy(train_params), **copy.deepcopy(KERAS_IO_PRESET)}
+def preset_params(train_params: TrainParams) -> TrainParams:
+    """`train_params` with the keras.io preset laid over it."""
+    return TrainParams.model_validate(deep_merge(train_params.model_dump(), KERAS_IO_PRESET))
 
 
 def keras_io_convnet() -> keras.Model:
     """https://keras.io/examples/vision/mnist_convnet/ as published."""
-    model = keras.Sequential([
-        keras.Input(shape=(28, 28, 1)),
-        layers.Conv2D(32, kernel_size=(3, 3), activation="relu"),
-        layers.MaxPooling2D(pool_size=(2, 2)),
-        layers.Conv2D(64, kernel_size=(3, 3), activation="relu"),
-        layers.MaxPooling2D(pool_size=(2, 2)),
-        layers.Flatten(),
-        layers.Dropout(0.5),
-        layers.Dense(NUM_CLASSES, activation="softmax"),
-    ])
+    model = keras.Sequential(
+        [
+            keras.Input(shape=(28, 28, 1)),
+            layers.Conv2D(32, kernel_size=(3, 3), activation="relu"),
+            layers.MaxPooling2D(pool_size=(2, 2)),
+            layers.Conv2D(64, kernel_size=(3, 3), activation="relu"),
+            layers.MaxPooling2D(pool_size=(2, 2)),
+            layers.Flatten(),
+            layers.Dropout(0.5),
+            layers.Dense(NUM_CLASSES, activation="softmax"),
+        ]
+    )
     model.compile(loss="categorical_crossentropy", optimizer="adam", metrics=["accuracy"])
     return model
 
@@ -85,8 +94,7 @@ def forward_flops(model: keras.Model) -> int:
         if isinstance(layer, layers.Conv2D):
             _, height, width, channels_out = layer.output.shape
             kernel_h, kernel_w = layer.kernel_size
-            flops += 2 * height * width * channels_out * kernel_h * kernel_w * \
-                layer.input.shape[-1]
+            flops += 2 * height * width * channels_out * kernel_h * kernel_w * layer.input.shape[-1]
         elif isinstance(layer, layers.Dense):
             flops += 2 * layer.input.shape[-1] * layer.units
     return flops
@@ -114,7 +122,7 @@ def fit(model: keras.Model, data, **fit_args) -> keras.callbacks.History:
 def first_batches(data, steps: int):
     """The first `steps` batches of a NumPy pair or a tf.data pipeline."""
     if isinstance(data, tuple):
-        return tuple(array[:steps * BATCH_SIZE] for array in data)
+        return tuple(array[: steps * BATCH_SIZE] for array in data)
     return data.take(steps)
 
 
@@ -138,8 +146,7 @@ def images_per_second(runs: dict[str, tuple], steps: int, repeats: int) -> dict[
     for _ in range(repeats):
         for name, (model, data) in runs.items():
             seconds[name].append(seconds_for(model, data, steps))
-    return {name: steps * BATCH_SIZE / statistics.median(times)
-            for name, times in seconds.items()}
+    return {name: steps * BATCH_SIZE / statistics.median(times) for name, times in seconds.items()}
 
 
 class StopAtAccuracy(keras.callbacks.Callback):
@@ -161,8 +168,14 @@ class StopAtAccuracy(keras.callbacks.Callback):
 
 def time_to_accuracy(model, train_data, val_data, target, max_epochs) -> str:
     stopper = StopAtAccuracy(target)
-    fit(model, train_data, epochs=max_epochs, verbose=0, validation_data=val_data,
-        callbacks=[stopper])
+    fit(
+        model,
+        train_data,
+        epochs=max_epochs,
+        verbose=0,
+        validation_data=val_data,
+        callbacks=[stopper],
+    )
     if stopper.seconds is None:
         return f"not reached in {max_epochs} epochs ({stopper.training_seconds:.0f} s)"
     return f"{stopper.seconds:.0f} s (epoch {stopper.epoch})"
@@ -171,21 +184,27 @@ def time_to_accuracy(model, train_data, val_data, target, max_epochs) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="mnist")
-    parser.add_argument("--steps", type=int, default=None,
-                        help="timed training batches (default: one epoch of full batches)")
-    parser.add_argument("--repeats", type=int, default=3,
-                        help="timed runs of each model; the median is reported")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="timed training batches (default: one epoch of full batches)",
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="timed runs of each model; the median is reported"
+    )
     parser.add_argument("--target-accuracy", type=float, default=0.99)
-    parser.add_argument("--max-epochs", type=int, default=8,
-                        help="time-to-accuracy gives up after this many epochs")
+    parser.add_argument(
+        "--max-epochs", type=int, default=8, help="time-to-accuracy gives up after this many epochs"
+    )
     parser.add_argument("--skip-time-to-accuracy", action="store_true")
     args = parser.parse_args(argv)
 
     params = load_params()
     spec = get_spec(args.dataset)
-    default = train_params_for(params, spec.key)
+    default = params.train_for(spec.key)
     preset = preset_params(default)
-    policy = resolve_precision(default["precision"])
+    policy = resolve_precision(default.precision)
     try:
         x_train, y_train = load_split(spec.key, "train")
         x_val, y_val = load_split(spec.key, "val")
@@ -196,57 +215,82 @@ def main(argv: list[str] | None = None) -> int:
     steps_per_epoch = math.ceil(len(x_train) / BATCH_SIZE)
 
     def pipeline(train_params):
-        return training_dataset(x_train, y_train, BATCH_SIZE, params["seed"],
-                                train_params["augment"])
+        return training_dataset(x_train, y_train, BATCH_SIZE, params.seed, train_params.augment)
 
     def ours(train_params, precision=policy):
         keras.mixed_precision.set_global_policy(precision)
-        make_deterministic(params["seed"])
-        model = build_model(train_params["model"], x_train.shape[1:], NUM_CLASSES)
+        make_deterministic(params.seed)
+        model = build_model(train_params.model, x_train.shape[1:], NUM_CLASSES)
         return compile_model(model, train_params, steps_per_epoch)
 
     def published():
         keras.mixed_precision.set_global_policy("float32")
-        make_deterministic(params["seed"])
+        make_deterministic(params.seed)
         return keras_io_convnet()
 
-    print(f"[bench] {spec.title}, median of {args.repeats} × {steps} steps of batch {BATCH_SIZE}, "
-          f"{os.cpu_count()} CPU(s), TF {tf.__version__}, our precision: {policy}")
+    print(
+        f"[bench] {spec.title}, median of {args.repeats} × {steps} steps of batch {BATCH_SIZE}, "
+        f"{os.cpu_count()} CPU(s), TF {tf.__version__}, our precision: {policy}"
+    )
     ceilings = {"float32": matmul_gflops(tf.float32), "mixed_bfloat16": matmul_gflops(tf.bfloat16)}
-    print(f"matmul 4096² ceiling: {ceilings['float32']:.0f} GFLOP/s float32, "
-          f"{ceilings['mixed_bfloat16']:.0f} GFLOP/s bfloat16")
+    print(
+        f"matmul 4096² ceiling: {ceilings['float32']:.0f} GFLOP/s float32, "
+        f"{ceilings['mixed_bfloat16']:.0f} GFLOP/s bfloat16"
+    )
 
     baseline_model, preset_model = published(), ours(preset)
-    assert baseline_model.count_params() == preset_model.count_params(), "preset differs"
-    speeds = images_per_second({"a": (baseline_model, (x_train, y_train)),
-                                "b": (preset_model, pipeline(preset))}, steps, args.repeats)
+    if baseline_model.count_params() != preset_model.count_params():
+        raise RuntimeError("the params preset no longer builds the keras.io convnet")
+    speeds = images_per_second(
+        {"a": (baseline_model, (x_train, y_train)), "b": (preset_model, pipeline(preset))},
+        steps,
+        args.repeats,
+    )
     baseline, pipelined = speeds["a"], speeds["b"]
     print(f"(a) keras.io convnet, NumPy input, float32:         {baseline:7.0f} images/s")
-    print(f"(b) same convnet ({preset_model.count_params():,} params), our input pipeline, "
-          f"{policy}: {pipelined:7.0f} images/s")
+    print(
+        f"(b) same convnet ({preset_model.count_params():,} params), our input pipeline, "
+        f"{policy}: {pipelined:7.0f} images/s"
+    )
     print(f"ratio (b)/(a): {pipelined / baseline:.2f}x")
 
     # The default model in both precisions: what `precision: auto` chooses between.
     models = {precision: ours(default, precision) for precision in ("float32", "mixed_bfloat16")}
-    speeds = images_per_second({precision: (model, pipeline(default))
-                                for precision, model in models.items()}, steps, args.repeats)
+    speeds = images_per_second(
+        {precision: (model, pipeline(default)) for precision, model in models.items()},
+        steps,
+        args.repeats,
+    )
     for precision, model in models.items():
         speed, flops = speeds[precision], forward_flops(model)
         achieved = 3 * flops * speed / 1e9  # forward + 2x backward
-        print(f"default model ({model.count_params():,} params, "
-              f"{flops / 1e6:.1f} MFLOP/image forward), {precision}: "
-              f"{speed:.0f} images/s = {achieved:.0f} GFLOP/s, "
-              f"{achieved / ceilings[precision]:.0%} of the {precision} matmul ceiling; "
-              f"{len(x_train) / speed:.0f} s of compute per epoch")
+        print(
+            f"default model ({model.count_params():,} params, "
+            f"{flops / 1e6:.1f} MFLOP/image forward), {precision}: "
+            f"{speed:.0f} images/s = {achieved:.0f} GFLOP/s, "
+            f"{achieved / ceilings[precision]:.0%} of the {precision} matmul ceiling; "
+            f"{len(x_train) / speed:.0f} s of compute per epoch"
+        )
 
     if not args.skip_time_to_accuracy:
         val_numpy = (x_val, y_val)
         print(f"time to {args.target_accuracy:.2%} validation accuracy:")
-        print("  (a) keras.io convnet: " + time_to_accuracy(
-            published(), (x_train, y_train), val_numpy, args.target_accuracy, args.max_epochs))
-        print("  default model:        " + time_to_accuracy(
-            ours(default), pipeline(default), evaluation_dataset(x_val, y_val, 1000),
-            args.target_accuracy, args.max_epochs))
+        print(
+            "  (a) keras.io convnet: "
+            + time_to_accuracy(
+                published(), (x_train, y_train), val_numpy, args.target_accuracy, args.max_epochs
+            )
+        )
+        print(
+            "  default model:        "
+            + time_to_accuracy(
+                ours(default),
+                pipeline(default),
+                evaluation_dataset(x_val, y_val, 1000),
+                args.target_accuracy,
+                args.max_epochs,
+            )
+        )
     return 0
 
 

@@ -14,6 +14,8 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
+from mnist_cnn.params import DistributionParams
+
 CPUINFO = Path("/proc/cpuinfo")
 # CPU features with bfloat16 matrix kernels (oneDNN uses them through TF).
 BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
@@ -35,14 +37,17 @@ def cpu_flags(cpuinfo: Path = CPUINFO) -> set[str]:
 
 def gpu_supports_bfloat16() -> bool:
     gpus = tf.config.list_physical_devices("GPU")
-    capabilities = [tf.config.experimental.get_device_details(gpu).get("compute_capability")
-                    for gpu in gpus]
-    return bool(gpus) and all(c is not None and tuple(c) >= BF16_GPU_CAPABILITY
-                              for c in capabilities)
+    capabilities = [
+        tf.config.experimental.get_device_details(gpu).get("compute_capability") for gpu in gpus
+    ]
+    return bool(gpus) and all(
+        c is not None and tuple(c) >= BF16_GPU_CAPABILITY for c in capabilities
+    )
 
 
-def resolve_precision(setting: str, flags: set[str] | None = None,
-                      gpu_bf16: bool | None = None) -> str:
+def resolve_precision(
+    setting: str, flags: set[str] | None = None, gpu_bf16: bool | None = None
+) -> str:
     """The Keras dtype policy for `train.precision`.
 
     `auto` picks mixed_bfloat16 only where the hardware computes in bfloat16 natively
@@ -100,7 +105,9 @@ def chief_from_tf_config(tf_config: dict) -> bool:
     return task_type == "worker" and task_id == 0
 
 
-def make_distribution(settings: dict, batch_size: int, learning_rate: float) -> Distribution:
+def make_distribution(
+    settings: DistributionParams, batch_size: int, learning_rate: float
+) -> Distribution:
     """Build the strategy `train.distribution.strategy` names and the scaled batch/rate.
 
     - none: TensorFlow's default strategy (one device: the GPU if there is one, else CPU).
@@ -110,21 +117,21 @@ def make_distribution(settings: dict, batch_size: int, learning_rate: float) -> 
     batch grows with the replicas; `scale_learning_rate` then applies the linear rule
     (rate × global batch / batch_size) so that one epoch moves the weights about as far.
     """
-    name = settings["strategy"]
+    name = settings.strategy
     is_chief = True
     if name == "none":
         strategy = tf.distribute.get_strategy()
     elif name == "mirrored":
-        split_cpu(settings["devices"])
-        strategy = tf.distribute.MirroredStrategy(devices=settings["devices"] or None)
+        split_cpu(settings.devices)
+        strategy = tf.distribute.MirroredStrategy(devices=settings.devices or None)
     else:
         raw = os.environ.get("TF_CONFIG")
         if not raw:
             raise RuntimeError(
                 "train.distribution.strategy = multi_worker needs the TF_CONFIG environment "
-                "variable (cluster and this task), e.g. TF_CONFIG='{\"cluster\": {\"worker\": "
-                "[\"host1:12345\", \"host2:12345\"]}, \"task\": {\"type\": \"worker\", "
-                "\"index\": 0}}'; see README, Scaling out"
+                'variable (cluster and this task), e.g. TF_CONFIG=\'{"cluster": {"worker": '
+                '["host1:12345", "host2:12345"]}, "task": {"type": "worker", '
+                '"index": 0}}\'; see README, Scaling out'
             )
         try:
             is_chief = chief_from_tf_config(json.loads(raw))
@@ -134,10 +141,23 @@ def make_distribution(settings: dict, batch_size: int, learning_rate: float) -> 
         _patch_keras_multi_worker_mean()
 
     replicas = strategy.num_replicas_in_sync
-    global_batch = batch_size * replicas if settings["batch_size_per_replica"] else batch_size
-    rate = learning_rate * global_batch / batch_size if settings["scale_learning_rate"] \
-        else learning_rate
+    global_batch = batch_size * replicas if settings.batch_size_per_replica else batch_size
+    rate = (
+        learning_rate * global_batch / batch_size if settings.scale_learning_rate else learning_rate
+    )
     return Distribution(strategy, replicas, global_batch, rate, is_chief)
+
+
+def unpin_multi_worker_strategy(model: keras.Model, strategy: tf.distribute.Strategy) -> None:
+    """Let Keras 3.15's fit() build the model under MultiWorkerMirroredStrategy.
+
+    fit() first builds the model from one batch reduced with strategy.reduce(), which
+    MultiWorkerMirroredStrategy cannot do for an (images, labels) pair
+    (keras-team/keras#20585). Without a pinned strategy Keras builds while tracing
+    instead and takes the strategy of the scope fit() runs in. Other strategies: no-op.
+    """
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        model._distribute_strategy = None
 
 
 def _patch_keras_multi_worker_mean() -> None:
@@ -158,8 +178,11 @@ def _patch_keras_multi_worker_mean() -> None:
     def reduce_per_replica(values, strategy, reduction):
         if reduction in ("auto", "mean") and trainer._collective_all_reduce_multi_worker(strategy):
             return tf.nest.map_structure(
-                lambda value: strategy.reduce("MEAN", value, axis=None)
-                if value.shape.rank == 0 else original(value, strategy, reduction),
+                lambda value: (
+                    strategy.reduce("MEAN", value, axis=None)
+                    if value.shape.rank == 0
+                    else original(value, strategy, reduction)
+                ),
                 values,
             )
         return original(values, strategy, reduction)

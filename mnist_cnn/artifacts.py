@@ -12,34 +12,95 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
-
-RAW_DIR = Path("data/raw")
-PREPARED_DIR = Path("data/prepared")
-MODELS_DIR = Path("models")
-METRICS_DIR = Path("metrics")
-PLOTS_DIR = Path("plots")
-
-SPLITS = ("train", "val", "test")
+import pandas as pd
 
 
-def raw_dir(dataset: str) -> Path:
-    return RAW_DIR / dataset
+@dataclass(frozen=True)
+class DatasetPaths:
+    """Every file and directory the pipeline writes for one dataset, defined once.
+
+    dvc.yaml declares the same paths (with ${key}); tests/test_layout.py checks that the
+    two agree, stage by stage (STAGE_OUTPUTS).
+    """
+
+    key: str
+
+    def _plots(self, name: str) -> Path:
+        return Path("plots") / self.key / name
+
+    # download
+    @property
+    def raw(self) -> Path:
+        return Path("data/raw") / self.key
+
+    # preprocess
+    @property
+    def prepared(self) -> Path:
+        return Path("data/prepared") / self.key
+
+    @property
+    def data_summary(self) -> Path:
+        return Path("metrics") / f"{self.key}_data.json"
+
+    @property
+    def class_counts(self) -> Path:
+        return self._plots("class_counts.csv")
+
+    @property
+    def samples(self) -> Path:
+        return self._plots("samples.png")
+
+    # train
+    @property
+    def model(self) -> Path:
+        return Path("models") / f"{self.key}.keras"
+
+    @property
+    def training_summary(self) -> Path:
+        return Path("metrics") / f"{self.key}_training.json"
+
+    @property
+    def history(self) -> Path:
+        return self._plots("history.csv")
+
+    @property
+    def training_curves(self) -> Path:
+        return self._plots("training_curves.png")
+
+    # evaluate
+    @property
+    def test_metrics(self) -> Path:
+        return Path("metrics") / f"{self.key}.json"
+
+    @property
+    def per_class(self) -> Path:
+        return self._plots("per_class.csv")
+
+    @property
+    def confusion(self) -> Path:
+        return self._plots("confusion.csv")
+
+    @property
+    def confusion_matrix(self) -> Path:
+        return self._plots("confusion_matrix.png")
+
+    @property
+    def misclassified(self) -> Path:
+        return self._plots("misclassified.png")
 
 
-def prepared_dir(dataset: str) -> Path:
-    return PREPARED_DIR / dataset
-
-
-def model_path(dataset: str) -> Path:
-    return MODELS_DIR / f"{dataset}.keras"
-
-
-def plots_dir(dataset: str) -> Path:
-    return PLOTS_DIR / dataset
+# What each per-dataset stage of dvc.yaml writes (names of DatasetPaths properties).
+STAGE_OUTPUTS = {
+    "download": ("raw",),
+    "preprocess": ("prepared", "data_summary", "class_counts", "samples"),
+    "train": ("model", "training_summary", "history", "training_curves"),
+    "evaluate": ("test_metrics", "per_class", "confusion", "confusion_matrix", "misclassified"),
+}
 
 
 @contextlib.contextmanager
@@ -47,8 +108,9 @@ def atomic_path(final: Path | str) -> Iterator[Path]:
     """Yield a temporary path; on success it replaces `final`, on error it is removed."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp" + final.suffix,
-                                   dir=final.parent)
+    handle, tmp = tempfile.mkstemp(
+        prefix=f".{final.name}.", suffix=".tmp" + final.suffix, dir=final.parent
+    )
     os.close(handle)
     tmp_path = Path(tmp)
     try:
@@ -87,7 +149,7 @@ def save_split(directory: Path, split: str, images: np.ndarray, labels: np.ndarr
 
 def load_split(dataset: str, split: str) -> tuple[np.ndarray, np.ndarray]:
     """Load prepared (images, one-hot labels) for one split; never unpickles."""
-    directory = prepared_dir(dataset)
+    directory = DatasetPaths(dataset).prepared
     images_file = directory / f"{split}_images.npy"
     labels_file = directory / f"{split}_labels.npy"
     for path in (images_file, labels_file):
@@ -100,3 +162,9 @@ def load_split(dataset: str, split: str) -> tuple[np.ndarray, np.ndarray]:
     if len(images) != len(labels):
         raise ValueError(f"{directory}: {split} has {len(images)} images but {len(labels)} labels")
     return images, labels
+
+
+def write_csv(path: Path | str, table: pd.DataFrame, index: bool = False) -> None:
+    """Write a table as CSV atomically (for `dvc plots`)."""
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp, index=index)

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt  # headless: mnist_cnn/__init__.py sets MPLBACKEND=Agg
+import numpy as np
+from matplotlib.ticker import MaxNLocator
 
-matplotlib.use("Agg")  # headless: no display on CI or servers
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-
-from stages.artifacts import atomic_path  # noqa: E402
+from mnist_cnn.artifacts import atomic_path
 
 
 def _save(figure: plt.Figure, path: Path | str) -> None:
@@ -29,7 +26,8 @@ def plot_training_curves(history: dict[str, list[float]], path: Path | str, titl
     figure, axes = plt.subplots(1, 3 if has_lr else 2, figsize=(13 if has_lr else 9, 3.6))
     for axis in axes:
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole epochs only
-    for axis, (metric, label) in zip(axes, panels):
+    # A third axis, if any, holds the learning rate.
+    for axis, (metric, label) in zip(axes, panels, strict=False):
         axis.plot(epochs, history[metric], marker="o", ms=3, label="train")
         axis.plot(epochs, history[f"val_{metric}"], marker="o", ms=3, label="validation")
         axis.set_xlabel("epoch")
@@ -57,8 +55,15 @@ def _draw_matrix(axis, values, labels, class_names, title, vmax):
     axis.set_ylabel("true")
     for row in range(values.shape[0]):
         for col in range(values.shape[1]):
-            axis.text(col, row, labels[row][col], ha="center", va="center", fontsize=7,
-                      color="white" if values[row, col] > 0.5 * vmax else "black")
+            axis.text(
+                col,
+                row,
+                labels[row][col],
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if values[row, col] > 0.5 * vmax else "black",
+            )
     axis.set_title(title)
     return image
 
@@ -80,12 +85,17 @@ def plot_confusion_matrix(
 
 
 def plot_image_grid(
-    images: np.ndarray, captions: list[str], path: Path | str, title: str, columns: int,
+    images: np.ndarray,
+    captions: list[str],
+    path: Path | str,
+    title: str,
+    columns: int,
 ) -> None:
     """Grayscale images (N x H x W [x 1], values in [0, 1]) in a grid with a caption each."""
     rows = max(1, int(np.ceil(len(images) / columns)))
-    figure, axes = plt.subplots(rows, columns, figsize=(1.5 * columns, 1.75 * rows + 0.6),
-                                squeeze=False)
+    figure, axes = plt.subplots(
+        rows, columns, figsize=(1.5 * columns, 1.75 * rows + 0.6), squeeze=False
+    )
     for index, axis in enumerate(axes.flat):
         axis.axis("off")
         if index >= len(images):

@@ -27,20 +27,31 @@ class FusedBatchNormalization(layers.BatchNormalization):
     """
 
     def call(self, inputs, training=None, mask=None):
-        if len(inputs.shape) != 4 or self.axis not in (-1, 3) or mask is not None \
-                or self.renorm or self.synchronized or not (self.center and self.scale):
+        if (
+            len(inputs.shape) != 4
+            or self.axis not in (-1, 3)
+            or mask is not None
+            or self.renorm
+            or self.synchronized
+            or not (self.center and self.scale)
+        ):
             return super().call(inputs, training=training, mask=mask)
         # Normalize in the input's dtype (bfloat16 under mixed precision); the kernel
         # keeps the statistics and the scale/offset in float32.
-        common = dict(x=inputs, scale=tf.cast(self.gamma, tf.float32),
-                      offset=tf.cast(self.beta, tf.float32),
-                      mean=tf.cast(self.moving_mean, tf.float32),
-                      variance=tf.cast(self.moving_variance, tf.float32),
-                      epsilon=self.epsilon, data_format="NHWC")
+        common = dict(
+            x=inputs,
+            scale=tf.cast(self.gamma, tf.float32),
+            offset=tf.cast(self.beta, tf.float32),
+            mean=tf.cast(self.moving_mean, tf.float32),
+            variance=tf.cast(self.moving_variance, tf.float32),
+            epsilon=self.epsilon,
+            data_format="NHWC",
+        )
         if training and self.trainable:
             # With exponential_avg_factor the kernel returns the updated moving averages.
             outputs, moving_mean, moving_variance, *_ = tf.raw_ops.FusedBatchNormV3(
-                **common, exponential_avg_factor=1.0 - self.momentum, is_training=True)
+                **common, exponential_avg_factor=1.0 - self.momentum, is_training=True
+            )
             self.moving_mean.assign(moving_mean)
             self.moving_variance.assign(moving_variance)
         else:

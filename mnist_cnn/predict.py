@@ -1,6 +1,7 @@
 """Predict the class of your own images with a trained model (not a pipeline stage).
 
-    python -m stages.predict --dataset fashion_mnist shoe.jpg shirt.png [--json] [--top 3]
+    mnist-cnn-predict --dataset fashion_mnist shoe.jpg shirt.png [--json] [--top 3]
+    python -m mnist_cnn.predict ...   (the same)
 
 Real photos are not 28 x 28 light-on-dark images, so each one is turned into one:
   1. Pillow opens it (any size or mode Pillow reads: PNG, JPEG, ...) and applies its
@@ -28,17 +29,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
 
-import numpy as np  # noqa: E402
-from PIL import Image, ImageOps, UnidentifiedImageError  # noqa: E402
-
-from stages.datasets import DATASETS, IMAGE_SHAPE, get_spec  # noqa: E402
-from stages.preprocess import normalize_images  # noqa: E402
+from mnist_cnn.datasets import DATASETS, IMAGE_SHAPE, get_spec
+from mnist_cnn.preprocessing import normalize_images
 
 # Longer side of the object after fitting, per dataset (see step 6 above).
 FIT_SIZE = {"mnist": 20, "fashion_mnist": 28}
@@ -89,7 +87,7 @@ def load_grayscale(path: Path) -> np.ndarray:
         raise ImageError(f"refused: too many pixels to be a photo ({error})") from None
     except (OSError, SyntaxError, ValueError) as error:
         raise ImageError(f"corrupt image ({error})") from None
-    except Exception as error:  # noqa: BLE001 - Pillow's plugins raise many types
+    except Exception as error:  # Pillow's plugins raise many kinds
         raise ImageError(f"cannot read image ({type(error).__name__}: {error})") from None
 
 
@@ -111,14 +109,15 @@ def to_dataset_format(pixels: np.ndarray, dataset: str) -> np.ndarray:
     if lifted.max() < MIN_CONTRAST * 255:
         raise ImageError(
             f"no object found: nothing stands out from the background by {MIN_CONTRAST:.0%} "
-            f"of the grey range (brightest {lifted.max():.0f} of 255 above it)")
+            f"of the grey range (brightest {lifted.max():.0f} of 255 above it)"
+        )
     if pixels.shape == IMAGE_SHAPE and not light_background:
         return pixels
     pixels = np.round(lifted * (255.0 / max(lifted.max(), 1.0))).astype(np.uint8)
     mask = pixels > OBJECT_THRESHOLD * max(int(pixels.max()), 1)
     if mask.any():
         rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-        pixels = pixels[rows[0]: rows[-1] + 1, cols[0]: cols[-1] + 1]
+        pixels = pixels[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
 
     fit = FIT_SIZE[dataset]
     scale = fit / max(pixels.shape)
@@ -136,7 +135,7 @@ def to_dataset_format(pixels: np.ndarray, dataset: str) -> np.ndarray:
         left = round(width / 2 - (xs * resized).sum() / total)
         top = min(max(top, 0), height - resized.shape[0])
         left = min(max(left, 0), width - resized.shape[1])
-    canvas[top: top + resized.shape[0], left: left + resized.shape[1]] = resized
+    canvas[top : top + resized.shape[0], left : left + resized.shape[1]] = resized
     return canvas
 
 
@@ -147,13 +146,15 @@ def prepare_image(path: Path, dataset: str) -> np.ndarray:
 
 def top_classes(probabilities: np.ndarray, class_names: tuple[str, ...], top: int) -> list[dict]:
     order = np.argsort(-probabilities, kind="stable")[:top]
-    return [{"class": class_names[i], "probability": round(float(probabilities[i]), 6)}
-            for i in order]
+    return [
+        {"class": class_names[i], "probability": round(float(probabilities[i]), 6)} for i in order
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        description="Predict classes of image files with a model trained by the pipeline.")
+        description="Predict classes of image files with a model trained by the pipeline."
+    )
     parser.add_argument("--dataset", required=True, choices=sorted(DATASETS))
     parser.add_argument("images", nargs="+", type=Path, help="image files (PNG, JPEG, ...)")
     parser.add_argument("--model", type=Path, help="a .keras file (default models/<dataset>.keras)")
@@ -174,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
             results.append({"path": str(path), "error": str(error)})
 
     if batch:
-        from stages.evaluate import load_trained_model  # TensorFlow loads only when needed
+        from mnist_cnn.evaluation import load_trained_model  # TensorFlow loads only when needed
 
         try:
             model = load_trained_model(spec.key, args.model)
@@ -182,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"predict: cannot load the model: {error}", file=sys.stderr)
             return 2
         probabilities = model.predict(np.stack(batch), verbose=0)
-        for row, probs in zip(batch_rows, probabilities):
+        for row, probs in zip(batch_rows, probabilities, strict=True):
             results[row]["predictions"] = top_classes(probs, spec.class_names, args.top)
 
     if args.json:
@@ -191,8 +192,9 @@ def main(argv: list[str] | None = None) -> int:
         for result in results:
             if "error" in result:
                 continue
-            ranked = "   ".join(f"{p['class']} {p['probability']:.1%}"
-                                for p in result["predictions"])
+            ranked = "   ".join(
+                f"{p['class']} {p['probability']:.1%}" for p in result["predictions"]
+            )
             print(f"{result['path']}: {ranked}")
     for result in results:
         if "error" in result:

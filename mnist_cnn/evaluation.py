@@ -1,0 +1,74 @@
+"""Evaluation helpers: test metrics from predictions, and loading a trained model.
+
+Used by the evaluate stage (stages/evaluate.py) and by `predict`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+from sklearn.metrics import classification_report
+
+from mnist_cnn.artifacts import DatasetPaths
+from mnist_cnn.layers import FusedBatchNormalization
+
+DIGITS = 6  # metrics are rounded so that reruns and diffs are not float noise
+
+
+def classification_metrics(
+    y_true: np.ndarray, y_pred: np.ndarray, class_names: tuple[str, ...]
+) -> tuple[dict, pd.DataFrame]:
+    """(summary, per class): accuracy and macro precision/recall/F1, then a row per class."""
+    report = classification_report(
+        y_true,
+        y_pred,
+        labels=list(range(len(class_names))),
+        target_names=list(class_names),
+        output_dict=True,
+        zero_division=0,
+    )
+    macro = report["macro avg"]
+    summary = {
+        "accuracy": round(float(np.mean(y_true == y_pred)), DIGITS),
+        "macro_precision": round(float(macro["precision"]), DIGITS),
+        "macro_recall": round(float(macro["recall"]), DIGITS),
+        "macro_f1": round(float(macro["f1-score"]), DIGITS),
+    }
+    per_class = (
+        pd.DataFrame({name: report[name] for name in class_names})
+        .T.rename(columns={"f1-score": "f1"})
+        .rename_axis("class")
+    )
+    per_class = per_class[["precision", "recall", "f1", "support"]].round(DIGITS)
+    return summary, per_class.astype({"support": int})
+
+
+def most_confident_mistakes(
+    y_true: np.ndarray, y_pred: np.ndarray, confidence: np.ndarray, count: int
+) -> np.ndarray:
+    """Indices of up to `count` misclassified items, most confident first (stable order)."""
+    wrong = np.flatnonzero(y_true != y_pred)
+    return wrong[np.argsort(-confidence[wrong], kind="stable")][:count]
+
+
+def load_trained_model(dataset: str, path: Path | None = None) -> keras.Model:
+    """The trained model of `dataset` (or the .keras file at `path`)."""
+    path = Path(path) if path else DatasetPaths(dataset).model
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: run `dvc repro train@{dataset}` first")
+    # safe_mode refuses models that would run arbitrary code (lambdas) on load.
+    return keras.models.load_model(
+        path, safe_mode=True, custom_objects={"FusedBatchNormalization": FusedBatchNormalization}
+    )
+
+
+def cross_entropy(y_onehot: np.ndarray, probabilities: np.ndarray) -> float:
+    """Mean plain categorical cross-entropy against the true labels.
+
+    Plain, not label-smoothed like the training loss: test losses of models trained
+    with different smoothing stay comparable.
+    """
+    return float(keras.ops.mean(keras.losses.categorical_crossentropy(y_onehot, probabilities)))

@@ -1,0 +1,96 @@
+"""Training helpers: determinism, the callbacks from params, what training kept.
+
+Used by the train stage (stages/train.py) and the benchmark.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import pandas as pd
+import tensorflow as tf
+
+from mnist_cnn.params import EarlyStoppingParams, TrainParams
+
+# Where BackupAndRestore keeps interrupted training state (git-ignored, not a DVC output,
+# so DVC does not delete it when the stage re-runs).
+BACKUP_DIR = Path("checkpoints")
+
+
+def make_deterministic(seed: int) -> None:
+    """Seed Python, NumPy and TF, and ask TF for deterministic kernels.
+
+    Same params + same seed + same machine ⇒ same weights and metrics.
+    """
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+
+
+class LearningRateLogger(keras.callbacks.Callback):
+    """Put the learning rate each epoch actually trained with into its logs."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._rate = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["learning_rate"] = self._rate
+
+
+def build_callbacks(train: TrainParams, backup_dir: Path) -> list[keras.callbacks.Callback]:
+    """The seed's callbacks, each switchable and tuned from params."""
+    callbacks: list[keras.callbacks.Callback] = []
+    if train.backup_and_restore:
+        # Saves the training state every epoch and resumes from it after a crash; the
+        # backup is deleted once training finishes.
+        callbacks.append(keras.callbacks.BackupAndRestore(str(backup_dir)))
+    reduce = train.reduce_lr
+    if reduce.enabled:
+        callbacks.append(
+            keras.callbacks.ReduceLROnPlateau(
+                monitor=reduce.monitor,
+                factor=reduce.factor,
+                patience=reduce.patience,
+                min_lr=reduce.min_lr,
+                verbose=1,
+            )
+        )
+    stop = train.early_stopping
+    if stop.enabled:
+        callbacks.append(
+            keras.callbacks.EarlyStopping(
+                monitor=stop.monitor,
+                patience=stop.patience,
+                restore_best_weights=True,
+                verbose=1,
+            )
+        )
+    # Runs after ReduceLROnPlateau so the logged rate is the one the epoch used.
+    callbacks.append(LearningRateLogger())
+    return callbacks
+
+
+def selected_epoch_index(
+    history: dict[str, list[float]], early_stopping: EarlyStoppingParams
+) -> int:
+    """Index of the epoch whose weights the saved model holds.
+
+    Keras 3 EarlyStopping(restore_best_weights=True) restores the first epoch with
+    the best monitored value at the end of training; without it the last epoch stays.
+    """
+    if not early_stopping.enabled:
+        return len(history["loss"]) - 1
+    values = history[early_stopping.monitor]
+    pick = min if "loss" in early_stopping.monitor else max
+    return values.index(pick(values))
+
+
+def history_table(history: dict[str, list[float]]) -> pd.DataFrame:
+    """One row per epoch (counted from 1), one column per logged metric, rounded.
+
+    Rounding keeps the CSV's diffs readable; reruns are bit-identical either way.
+    """
+    table = pd.DataFrame(history).round(6)
+    table.insert(0, "epoch", range(1, len(table) + 1))
+    return table
