@@ -11,7 +11,7 @@ from matplotlib.ticker import MaxNLocator
 from mnist_cnn.artifacts import atomic_path
 
 
-def _save(figure: plt.Figure, path: Path | str) -> None:
+def save_figure(figure: plt.Figure, path: Path | str) -> None:
     with atomic_path(path) as tmp:
         # No Software/date metadata: identical figures give identical bytes.
         figure.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
@@ -42,7 +42,7 @@ def plot_training_curves(history: dict[str, list[float]], path: Path | str, titl
         axes[2].grid(alpha=0.3)
     figure.suptitle(title)
     figure.tight_layout()
-    _save(figure, path)
+    save_figure(figure, path)
 
 
 def _draw_matrix(axis, values, labels, class_names, title, vmax):
@@ -81,7 +81,7 @@ def plot_confusion_matrix(
     figure.colorbar(image, ax=right, fraction=0.046, pad=0.04)
     figure.suptitle(title)
     figure.tight_layout()
-    _save(figure, path)
+    save_figure(figure, path)
 
 
 def plot_image_grid(
@@ -104,4 +104,4 @@ def plot_image_grid(
         axis.set_title(captions[index], fontsize=7)
     figure.suptitle(title)
     figure.tight_layout()
-    _save(figure, path)
+    save_figure(figure, path)
