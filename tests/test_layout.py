@@ -148,3 +148,19 @@ def test_closure_follows_every_kind_of_import(tmp_path):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(text)
     assert import_closure("stages.fit", tmp_path) == set(files) - {"mnist_cnn/unused.py"}
+
+
+def test_registry_meta_matches_the_code_and_the_committed_run():
+    """dvc.yaml's `artifacts:` tells consumers the class order and the test accuracy:
+    both must be what the code uses and what the committed run measured."""
+    import json
+
+    from mnist_cnn.datasets import DATASETS
+
+    registry = yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())["artifacts"]
+    for key, spec in DATASETS.items():
+        entry = registry[f"{key.replace('_', '-')}-cnn"]
+        assert entry["path"] == DatasetPaths(key).model.as_posix()
+        assert tuple(entry["meta"]["class_names"]) == spec.class_names
+        measured = json.loads((PROJECT_ROOT / DatasetPaths(key).test_metrics).read_text())
+        assert entry["meta"]["test_accuracy"] == measured["accuracy"]

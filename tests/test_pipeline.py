@@ -664,3 +664,39 @@ def test_kill_during_training_then_repro_completes(project, first_run, tmp_path)
     assert "Data and pipelines are up to date" in dvc(project, "status")
     assert read_metrics(project)["mnist"] == first_run["metrics"]["mnist"]
     assert lock_outputs(project) == first_run["lock_outputs"]
+
+
+def test_model_registry_artifact_get_then_predict(project, first_run, tmp_path):
+    """dvc.yaml's `artifacts:` names each model: a consumer fetches it by name from the
+    repository (here a local path, with a local DVC remote) and predicts with it."""
+    dvc(project, "remote", "add", "--default", "shared", str(tmp_path / "dvc-remote"))
+    run(["git", "commit", "-qam", "share through a DVC remote"], project)
+    dvc(project, "push")
+    # A version is a git tag (GTO's format, name@version): what `artifacts get` resolves.
+    for name in ("mnist-cnn", "fashion-mnist-cnn"):
+        run(["gto", "register", name, "--version", "v1.0.0"], project)
+
+    consumer = tmp_path / "consumer"
+    consumer.mkdir()
+    fetched = consumer / "mnist.keras"
+    dvc(consumer, "artifacts", "get", str(project), "mnist-cnn", "-o", str(fetched))
+    assert fetched.read_bytes() == (project / "models" / "mnist.keras").read_bytes()
+
+    image = save_test_pngs(project, "mnist", 1, tmp_path)
+    result = predict(project, "--dataset", "mnist", "--model", str(fetched), "--json", *image)
+    assert result.returncode == 0, result.stderr
+    expected = (project / "plots/mnist/confusion.csv").read_text().splitlines()[1]
+    assert json.loads(result.stdout)[0]["predictions"][0]["class"] == expected.rsplit(",", 1)[1]
+
+    shown = json.loads(
+        run(
+            [
+                sys.executable,
+                "-c",
+                "import json, dvc.api; print(json.dumps("
+                "dvc.api.artifacts_show('fashion-mnist-cnn')))",
+            ],
+            project,
+        )
+    )
+    assert shown["path"] == "models/fashion_mnist.keras"
