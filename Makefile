@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # Stage commands in dvc.yaml call `python`: put the venv first on PATH.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup repro test test-fast lint format bench restore lock clean-venv
+.PHONY: setup repro test test-fast lint format bench compare restore lock clean-venv
 
 setup:
 	@bash scripts/setup.sh
@@ -32,6 +32,9 @@ format: setup         ## apply ruff's formatting and safe fixes
 bench: setup          ## throughput and time-to-accuracy vs the keras.io convnet (~9 min)
 	dvc repro preprocess@mnist
 	mnist-cnn-bench
+
+compare: setup        ## the experiments of HEAD side by side (table; PNG with PNG=file.png)
+	mnist-cnn-compare $(if $(PNG),--png $(PNG))
 
 restore: setup        ## after a failed run: params and results back as committed
 	git checkout HEAD -- params.yaml dvc.lock metrics plots

@@ -12,6 +12,7 @@ the test accuracy and cross-entropy and the epochs run (kept). Not a pipeline st
 from __future__ import annotations
 
 import argparse
+import gc
 import io
 import sys
 from collections.abc import Callable
@@ -22,9 +23,12 @@ import pandas as pd
 from mnist_cnn.artifacts import DatasetPaths
 from mnist_cnn.datasets import DATASETS
 
-# `dvc exp show` row fields that describe the row rather than params or metrics.
-ROW_FIELDS = ("Experiment", "rev", "typ", "Created", "parent", "State", "Executor")
-SHOWN_TYPES = ("baseline", "branch_base", "branch_commit")  # not the workspace row
+SHOWN_TYPES = ("baseline", "branch_base", "branch_commit")
+
+
+def shown(row: dict) -> bool:
+    """Commits and experiments; not the workspace row (also typed "baseline")."""
+    return row.get("typ") in SHOWN_TYPES and row.get("rev") != "workspace"
 
 
 def _value(row: dict, path: str, name: str):
@@ -38,17 +42,35 @@ def row_label(row: dict) -> str:
     return f"{name} ({rev})" if name and row.get("typ") != "baseline" else f"baseline ({rev})"
 
 
-def comparison_table(rows: list[dict], param_names: list[str]) -> pd.DataFrame:
+def param_text(value) -> str:
+    """A param as people write it (exp_show gives numbers as floats): 3, 0.0015, -."""
+    if value is None or value == "None":  # absent from that experiment's params.yaml
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.0f}" if value.is_integer() else f"{value:g}"
+    return str(value)
+
+
+def param_columns(rows: list[dict], sections: list[str]) -> list[str]:
+    """The exp-show columns that are params: dotted names under a params.yaml section
+    (also keys an experiment added with `-S '+a.b=…'`, which params.yaml lacks)."""
+    names = dict.fromkeys(name for row in rows for name in row)
+    return [name for name in names if name.split(".")[0] in sections and ":" not in name]
+
+
+def comparison_table(rows: list[dict], sections: list[str]) -> pd.DataFrame:
     """One row per experiment: params that differ from the baseline, then results."""
-    rows = [row for row in rows if row.get("typ") in SHOWN_TYPES]
+    rows = [row for row in rows if shown(row)]
     baseline = next((row for row in rows if row.get("typ") == "baseline"), rows[0] if rows else {})
     changed = [
-        name for name in param_names if any(row.get(name) != baseline.get(name) for row in rows)
+        name
+        for name in param_columns(rows, sections)
+        if any(row.get(name) != baseline.get(name) for row in rows)
     ]
     table = []
     for row in rows:
         entry = {"experiment": row_label(row)}
-        entry.update({name: row.get(name) for name in changed})
+        entry.update({name: param_text(row.get(name)) for name in changed})
         for key in DATASETS:
             paths = DatasetPaths(key)
             test, training = paths.test_metrics.as_posix(), paths.training_summary.as_posix()
@@ -62,17 +84,6 @@ def comparison_table(rows: list[dict], param_names: list[str]) -> pd.DataFrame:
     return pd.DataFrame(table)
 
 
-def flattened_param_names(params: dict, prefix: str = "") -> list[str]:
-    """params.yaml's keys as `dvc exp show` names them: dotted paths to the leaves."""
-    names = []
-    for key, value in params.items():
-        if isinstance(value, dict) and value:
-            names += flattened_param_names(value, f"{prefix}{key}.")
-        else:
-            names.append(f"{prefix}{key}")
-    return names
-
-
 def plot_comparison(
     table: pd.DataFrame, histories: dict[str, dict[str, pd.DataFrame]], path: Path | str
 ) -> None:
@@ -81,7 +92,9 @@ def plot_comparison(
 
     from mnist_cnn.figures import save_figure
 
-    figure, axes = plt.subplots(1, len(DATASETS) + 1, figsize=(5 * (len(DATASETS) + 1), 3.8))
+    figure, axes = plt.subplots(
+        1, len(DATASETS) + 1, figsize=(5.5 * (len(DATASETS) + 1), 4), layout="constrained"
+    )
     for axis, key in zip(axes, DATASETS, strict=False):
         for label, frame in histories.get(key, {}).items():
             axis.plot(frame["epoch"], frame["val_accuracy"], marker="o", ms=2, label=label)
@@ -95,6 +108,7 @@ def plot_comparison(
     low = accuracy.min().min()
     axes[-1].set_xlim(max(0.0, low - (1 - low)), 1.0)  # zoom in on the differences
     axes[-1].set_title("test accuracy")
+    axes[-1].set_ylabel("")
     axes[-1].legend(fontsize=7)
     save_figure(figure, path)
 
@@ -102,9 +116,7 @@ def plot_comparison(
 def read_histories(rows: list[dict], read: Callable[[str, str], str]) -> dict:
     """{dataset: {experiment label: history table}}; `read(path, rev)` gives a file's text."""
     histories: dict[str, dict[str, pd.DataFrame]] = {key: {} for key in DATASETS}
-    for row in rows:
-        if row.get("typ") not in SHOWN_TYPES:
-            continue
+    for row in filter(shown, rows):
         for key in DATASETS:
             try:
                 text = read(DatasetPaths(key).history.as_posix(), row["rev"])
@@ -127,8 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     import yaml
 
     rows = dvc.api.exp_show(revs=args.rev, force=True)
-    params = yaml.safe_load(Path("params.yaml").read_text())
-    table = comparison_table(rows, flattened_param_names(params))
+    sections = list(yaml.safe_load(Path("params.yaml").read_text()))
+    table = comparison_table(rows, sections)
     if table.empty:
         print("compare: no experiments found (run some with `dvc exp run`)", file=sys.stderr)
         return 1
@@ -150,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         histories = read_histories(rows, read)
         plot_comparison(table, histories, args.png)
         print(f"compare: wrote {args.png}", file=sys.stderr)
+    gc.collect()  # close DVC's git objects now, not noisily during interpreter shutdown
     return 0
 
 
