@@ -9,6 +9,7 @@ and in any order. After every test no process may still run in the project.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -700,3 +701,16 @@ def test_model_registry_artifact_get_then_predict(project, first_run, tmp_path):
         )
     )
     assert shown["path"] == "models/fashion_mnist.keras"
+
+
+def test_compare_command_reads_real_experiments(project, rate_experiment, tmp_path):
+    """mnist-cnn-compare against DVC itself: the experiment's changed param and results."""
+    png = tmp_path / "compare.png"
+    output = run([sys.executable, "-m", "mnist_cnn.compare", "--csv", "--png", str(png)], project)
+    csv = "\n".join(line for line in output.splitlines() if not line.startswith("compare:"))
+    table = pd.read_csv(io.StringIO(csv))
+    row = table[table["experiment"].str.startswith(rate_experiment["name"])].iloc[0]
+    assert row["train.learning_rate"] == 0.003
+    assert row["mnist loss"] == rate_experiment["diff"]["metrics/mnist.json"]["loss"]["new"]
+    assert table["experiment"].iloc[0].startswith("baseline")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
