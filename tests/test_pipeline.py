@@ -145,12 +145,17 @@ def first_run(project) -> dict:
     }
 
 
-@pytest.fixture(autouse=True)
-def committed_workspace(project, first_run):
-    """Each test starts from the committed first run and leaves no process behind."""
+def reset_to_first_run(project: Path, first_run: dict) -> None:
+    """The workspace exactly as the first run committed it: git files and DVC outputs."""
     run(["git", "reset", "-q", "--hard", first_run["commit"]], project)
     run(["git", "clean", "-qfd"], project)
     dvc(project, "checkout", "--force")
+
+
+@pytest.fixture(autouse=True)
+def committed_workspace(project, first_run):
+    """Each test starts from the committed first run and leaves no process behind."""
+    reset_to_first_run(project, first_run)
     yield
     leftovers = [" ".join(p.cmdline()) for p in processes_under(project)]
     killed = stop_processes_under(project, grace=15)
@@ -160,8 +165,7 @@ def committed_workspace(project, first_run):
 @pytest.fixture(scope="module")
 def rate_experiment(project, first_run) -> dict:
     """One workspace experiment with another learning rate, shared by the tests that read it."""
-    run(["git", "reset", "-q", "--hard", first_run["commit"]], project)
-    dvc(project, "checkout", "--force")
+    reset_to_first_run(project, first_run)
     output = dvc(project, "exp", "run", "-n", "rate-0.003", "-S", "train.learning_rate=0.003")
     diff = json.loads(dvc(project, "metrics", "diff", "--json"))
     return {"name": "rate-0.003", "output": output, "diff": diff}
