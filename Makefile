@@ -43,7 +43,7 @@ restore: setup        ## after a failed run: params and results back as committe
 lock:                 ## re-pin requirements.lock (hashes) from pyproject.toml with uv
 	rm -rf /tmp/lock-venv && python3 -m venv /tmp/lock-venv
 	/tmp/lock-venv/bin/pip install --quiet uv==0.13.9
-	/tmp/lock-venv/bin/uv pip compile pyproject.toml --extra test --extra dev \
+	/tmp/lock-venv/bin/uv pip compile pyproject.toml --extra cpu --extra test --extra dev \
 	  --generate-hashes --python-version 3.11 --python-platform x86_64-unknown-linux-gnu \
 	  --no-header --output-file requirements.lock
 

@@ -29,7 +29,12 @@ if [ "$(cat "$stamp" 2>/dev/null || true)" != "$wanted" ]; then
   # --compile-bytecode: uv leaves .pyc files to the first import, which cannot write them
   # where PYTHONDONTWRITEBYTECODE is set; TensorFlow then took 12 s instead of 4.5 to import.
   uv=("$VENV/bin/uv" pip install --quiet --python "$VENV/bin/python" --require-hashes --compile-bytecode)
-  "${uv[@]}" -r "$LOCK"
+  # sync: the venv gets exactly the lock (packages dropped from it are removed). The CPU
+  # and CUDA builds of TensorFlow write the same files, so removing the one the lock no
+  # longer names would delete the other's: TensorFlow is reinstalled whenever the lock
+  # changes (seen when the lock moved from `tensorflow` to `tensorflow-cpu`).
+  "$VENV/bin/uv" pip sync --quiet --python "$VENV/bin/python" --require-hashes --compile-bytecode \
+      --reinstall-package tensorflow-cpu "$LOCK"
   # The project itself (mnist_cnn and its commands), editable. Its dependencies are all in
   # the lock, and the lock's setuptools builds it: nothing unhashed is fetched.
   "$VENV/bin/uv" pip install --quiet --python "$VENV/bin/python" --no-deps \
