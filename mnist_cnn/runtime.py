@@ -14,7 +14,7 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from mnist_cnn.params import DistributionParams
+from mnist_cnn.params import DistributionParams, ThreadParams
 
 CPUINFO = Path("/proc/cpuinfo")
 # CPU features that make bfloat16 training faster than float32 (oneDNN's AMX kernels).
@@ -70,6 +70,17 @@ def set_precision(setting: str) -> str:
     policy = resolve_precision(setting)
     keras.mixed_precision.set_global_policy(policy)
     return policy
+
+
+def set_threads(threads: ThreadParams) -> None:
+    """Size TensorFlow's thread pools from `train.threads` (0 leaves TF's default).
+
+    Must run before TensorFlow starts its runtime (before any op or device query).
+    """
+    if threads.intra_op:
+        tf.config.threading.set_intra_op_parallelism_threads(threads.intra_op)
+    if threads.inter_op:
+        tf.config.threading.set_inter_op_parallelism_threads(threads.inter_op)
 
 
 @dataclass(frozen=True)

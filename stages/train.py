@@ -19,7 +19,12 @@ from mnist_cnn.figures import plot_training_curves
 from mnist_cnn.input_pipeline import evaluation_dataset, training_dataset
 from mnist_cnn.model import build_model, compile_model, save_model
 from mnist_cnn.params import load_params
-from mnist_cnn.runtime import make_distribution, set_precision, unpin_multi_worker_strategy
+from mnist_cnn.runtime import (
+    make_distribution,
+    set_precision,
+    set_threads,
+    unpin_multi_worker_strategy,
+)
 from mnist_cnn.training import (
     BACKUP_DIR,
     build_callbacks,
@@ -37,8 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     train = params.train_for(spec.key)
     paths = DatasetPaths(spec.key)
 
-    # Devices, strategy and precision first: TF fixes them when it starts, Keras when
-    # layers are built.
+    # Threads, devices, strategy and precision first: TF fixes them when it starts,
+    # Keras when layers are built.
+    set_threads(train.threads)
     distribution = make_distribution(train.distribution, train.batch_size, train.learning_rate)
     policy = set_precision(train.precision)
     make_deterministic(params.seed)
