@@ -1,42 +1,49 @@
-"""Benchmark: our training pipeline against the keras.io "Simple MNIST convnet".
+"""Benchmark: the keras.io convnet as its users run it, our pipeline, time to accuracy.
 
 Not a pipeline stage (timings are not reproducible outputs); run it after
-`dvc repro preprocess@mnist` with `make bench`, `mnist-cnn-bench` or
-`python -m mnist_cnn.bench`. In one
-process, on the same prepared training split, it measures:
+`dvc repro preprocess` with `make bench`, `mnist-cnn-bench` or `python -m mnist_cnn.bench`.
+It measures:
 
 1. the matmul ceiling of this machine (4096² float32 and bfloat16 GFLOP/s);
-2. (a) the keras.io convnet exactly as published (NumPy input, float32, batch 128)
-   against (b) the same architecture built by our model code from a params preset and
-   fed by our train stage's input pipeline and precision, for the same number of steps
-   (one epoch of full batches by default), timed in turns, the median of 3 runs each:
-   images/s of each and their ratio;
+2. the peer, each contender in a process of its own, in turns: (a) the keras.io
+   "Simple MNIST convnet" as published (mnist_cnn/peer.py: NumPy arrays into `fit()`,
+   float32, no determinism) against (b) our real train stage (`python -m stages.train`)
+   building the same architecture and recipe from a params preset, in our default
+   precision with our input pipeline and op determinism; both timed the same way, as
+   the wall time of `fit()` over whole epochs, tracing and validation included;
 3. the default model's images/s and achieved GFLOP/s against the ceiling, in float32
-   and in bfloat16;
-4. time-to-accuracy: training seconds until validation accuracy first reaches a target,
-   for (a) and for the default model with its real schedule.
+   and in bfloat16 (one process; the choice `precision: auto` makes);
+4. time to accuracy: wall seconds (and epochs) until validation accuracy first reaches
+   a target, for the previous default recipe and the current one, trained in turns
+   with the train stage's own code (model, schedule, callbacks, input pipeline).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
+import re
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import keras
 import tensorflow as tf
+import yaml
 from keras import layers
 
 from mnist_cnn.artifacts import load_split
 from mnist_cnn.datasets import NUM_CLASSES, get_spec
 from mnist_cnn.input_pipeline import evaluation_dataset, training_dataset
 from mnist_cnn.model import build_model, compile_model
-from mnist_cnn.params import TrainParams, deep_merge, load_params
+from mnist_cnn.params import PARAMS_FILE, Params, TrainParams, deep_merge, load_params
 from mnist_cnn.runtime import resolve_precision
-from mnist_cnn.training import make_deterministic
+from mnist_cnn.training import build_callbacks, make_deterministic
 
 BATCH_SIZE = 128  # keras.io's
 WARMUP_STEPS = 10  # untimed batches before each model's timing
@@ -69,24 +76,6 @@ def preset_params(train_params: TrainParams) -> TrainParams:
     return TrainParams.model_validate(deep_merge(train_params.model_dump(), KERAS_IO_PRESET))
 
 
-def keras_io_convnet() -> keras.Model:
-    """https://keras.io/examples/vision/mnist_convnet/ as published."""
-    model = keras.Sequential(
-        [
-            keras.Input(shape=(28, 28, 1)),
-            layers.Conv2D(32, kernel_size=(3, 3), activation="relu"),
-            layers.MaxPooling2D(pool_size=(2, 2)),
-            layers.Conv2D(64, kernel_size=(3, 3), activation="relu"),
-            layers.MaxPooling2D(pool_size=(2, 2)),
-            layers.Flatten(),
-            layers.Dropout(0.5),
-            layers.Dense(NUM_CLASSES, activation="softmax"),
-        ]
-    )
-    model.compile(loss="categorical_crossentropy", optimizer="adam", metrics=["accuracy"])
-    return model
-
-
 def forward_flops(model: keras.Model) -> int:
     """Multiply-adds ×2 of the conv and dense layers for one image (the rest is small)."""
     flops = 0
@@ -111,26 +100,11 @@ def matmul_gflops(dtype: tf.DType, size: int = 4096, repeats: int = 5) -> float:
     return 2 * size**3 * repeats / (time.perf_counter() - started) / 1e9
 
 
-def fit(model: keras.Model, data, **fit_args) -> keras.callbacks.History:
-    """`model.fit` on either input: a (x, y) NumPy pair in keras.io's batches, or a
-    tf.data pipeline that batches and shuffles itself."""
-    if isinstance(data, tuple):
-        return model.fit(*data, batch_size=BATCH_SIZE, **fit_args)
-    return model.fit(data, shuffle=False, **fit_args)
-
-
-def first_batches(data, steps: int):
-    """The first `steps` batches of a NumPy pair or a tf.data pipeline."""
-    if isinstance(data, tuple):
-        return tuple(array[: steps * BATCH_SIZE] for array in data)
-    return data.take(steps)
-
-
-def seconds_for(model: keras.Model, data, steps: int) -> float:
-    """Wall seconds to train `steps` batches of `data` (a tf.data pipeline pays for its
-    shuffle buffer and augmentation inside the clock)."""
+def seconds_for(model: keras.Model, data: tf.data.Dataset, steps: int) -> float:
+    """Wall seconds to train `steps` batches of a tf.data pipeline (its shuffle buffer
+    and augmentation inside the clock)."""
     started = time.perf_counter()
-    fit(model, first_batches(data, steps), epochs=1, verbose=0)
+    model.fit(data.take(steps), epochs=1, shuffle=False, verbose=0)
     return time.perf_counter() - started
 
 
@@ -149,149 +123,215 @@ def images_per_second(runs: dict[str, tuple], steps: int, repeats: int) -> dict[
     return {name: steps * BATCH_SIZE / statistics.median(times) for name, times in seconds.items()}
 
 
-class StopAtAccuracy(keras.callbacks.Callback):
-    """Stop when val_accuracy first reaches `target`; remember the training time."""
+# --- 2. The peer, each contender in its own process ---------------------------------
+
+# Our train stage prints "... N epochs in S s (X images/s); ..." (stages/train.py).
+STAGE_SPEED = re.compile(r"epochs in [\d.]+ s \((\d+) images/s\)")
+
+
+def run_peer(dataset: str, epochs: int) -> float:
+    """Images/s of the keras.io script (mnist_cnn/peer.py) in a fresh process."""
+    command = [sys.executable, "-m", "mnist_cnn.peer", "--dataset", dataset]
+    result = subprocess.run(
+        [*command, "--epochs", str(epochs)], capture_output=True, text=True, check=True
+    )
+    return float(json.loads(result.stdout.strip().splitlines()[-1])["images_per_second"])
+
+
+def preset_params_file(raw_params: dict, dataset: str, epochs: int) -> dict:
+    """params.yaml for the train stage with the keras.io preset for `dataset`."""
+    train = deep_merge(raw_params["train"], {**KERAS_IO_PRESET, "epochs": epochs})
+    train["early_stopping"] = {**train["early_stopping"], "enabled": False}
+    return {**raw_params, "train": train, "datasets": {dataset: {}}}
+
+
+def run_stage(dataset: str, raw_params: dict, epochs: int, project: Path) -> float:
+    """Images/s of our real train stage with the keras.io preset, in a fresh process and
+    a scratch directory (the prepared data linked in, nothing of the project written)."""
+    with tempfile.TemporaryDirectory(prefix="bench-stage-") as scratch:
+        Path(scratch, "data").symlink_to(project.resolve() / "data")
+        params = preset_params_file(raw_params, dataset, epochs)
+        Path(scratch, "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        result = subprocess.run(
+            [sys.executable, "-m", "stages.train", dataset],
+            cwd=scratch,
+            env={**os.environ, "PYTHONPATH": str(project.resolve())},
+            capture_output=True,
+            text=True,
+        )
+        found = STAGE_SPEED.search(result.stdout)
+        if result.returncode or not found:
+            raise RuntimeError(
+                f"the train stage failed:\n{(result.stdout + result.stderr)[-3000:]}"
+            )
+        return float(found.group(1))
+
+
+# --- 4. Time to accuracy: previous default against current default ----------------
+
+# The default recipe before the time-to-accuracy work (issue "Time to accuracy"), as
+# changes laid over today's params.yaml. Keys that did not exist then take the value
+# that reproduces the old behaviour.
+PREVIOUS_DEFAULT = {
+    "train": {"epochs": 15},
+    "datasets": {
+        "mnist": {},
+        "fashion_mnist": {
+            "train": {
+                "augment": {"horizontal_flip": True},
+                "epochs": 50,
+                "model": {"convs_per_block": [1, 2, 2], "conv_dropout": 0.1},
+            }
+        },
+    },
+}
+# Validation targets of the issue: both old and new default can reach them.
+TARGETS = {"mnist": 0.995, "fashion_mnist": 0.94}
+
+
+class TimeToTarget(keras.callbacks.Callback):
+    """Record each epoch's wall time and stop once val_accuracy reaches `target`."""
 
     def __init__(self, target: float):
         super().__init__()
-        self.target, self.seconds, self.training_seconds = target, None, 0.0
+        self.target, self.seconds, self.epoch = target, 0.0, None
 
     def on_epoch_begin(self, epoch, logs=None):
         self._started = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
-        self.training_seconds += time.perf_counter() - self._started
-        if self.seconds is None and logs["val_accuracy"] >= self.target:
-            self.seconds, self.epoch = self.training_seconds, epoch + 1
+        self.seconds += time.perf_counter() - self._started
+        self.epochs_run = epoch + 1
+        if self.epoch is None and logs["val_accuracy"] >= self.target:
+            self.epoch = epoch + 1
             self.model.stop_training = True
 
 
-def time_to_accuracy(model, train_data, val_data, target, max_epochs) -> str:
-    stopper = StopAtAccuracy(target)
-    fit(
-        model,
-        train_data,
-        epochs=max_epochs,
-        verbose=0,
-        validation_data=val_data,
-        callbacks=[stopper],
-    )
-    if stopper.seconds is None:
-        return f"not reached in {max_epochs} epochs ({stopper.training_seconds:.0f} s)"
-    return f"{stopper.seconds:.0f} s (epoch {stopper.epoch})"
+def time_to_accuracy(train: TrainParams, seed: int, data: dict, target: float) -> TimeToTarget:
+    """Train like the train stage does and stop at `target` validation accuracy."""
+    (x_train, y_train), (x_val, y_val) = data["train"], data["val"]
+    keras.mixed_precision.set_global_policy(resolve_precision(train.precision))
+    make_deterministic(seed)
+    steps_per_epoch = math.ceil(len(x_train) / train.batch_size)
+    model = build_model(train.model, x_train.shape[1:], NUM_CLASSES)
+    compile_model(model, train, steps_per_epoch)
+    timer = TimeToTarget(target)
+    with tempfile.TemporaryDirectory(prefix="bench-backup-") as backup:
+        model.fit(
+            training_dataset(x_train, y_train, train.batch_size, seed, train.augment),
+            validation_data=evaluation_dataset(x_val, y_val, train.batch_size),
+            epochs=train.epochs,
+            shuffle=False,
+            callbacks=[*build_callbacks(train, Path(backup)), timer],
+            verbose=0,
+        )
+    return timer
+
+
+def describe_time(timer: TimeToTarget) -> str:
+    if timer.epoch is None:
+        return f"not reached in {timer.epochs_run} epochs ({timer.seconds:.0f} s)"
+    return f"{timer.seconds:.0f} s (epoch {timer.epoch})"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", default="mnist")
+    parser.add_argument("--dataset", default="mnist", help="dataset of sections 1-3")
     parser.add_argument(
-        "--steps",
-        type=int,
-        default=None,
-        help="timed training batches (default: one epoch of full batches)",
+        "--repeats", type=int, default=3, help="timed runs of each contender; medians reported"
     )
     parser.add_argument(
-        "--repeats", type=int, default=3, help="timed runs of each model; the median is reported"
+        "--peer-epochs", type=int, default=2, help="epochs of each peer/stage process"
     )
-    parser.add_argument("--target-accuracy", type=float, default=0.99)
     parser.add_argument(
-        "--max-epochs", type=int, default=8, help="time-to-accuracy gives up after this many epochs"
+        "--time-to-accuracy",
+        nargs="*",
+        default=["mnist"],
+        metavar="DATASET",
+        help="datasets for section 4 (default: mnist; Fashion-MNIST takes ~30 min)",
     )
-    parser.add_argument("--skip-time-to-accuracy", action="store_true")
+    parser.add_argument("--turns", type=int, default=1, help="previous/current turns per dataset")
     args = parser.parse_args(argv)
 
+    raw_params = yaml.safe_load(PARAMS_FILE.read_text())
     params = load_params()
     spec = get_spec(args.dataset)
     default = params.train_for(spec.key)
-    preset = preset_params(default)
     policy = resolve_precision(default.precision)
     try:
-        x_train, y_train = load_split(spec.key, "train")
-        x_val, y_val = load_split(spec.key, "val")
+        data = {split: load_split(spec.key, split) for split in ("train", "val")}
     except FileNotFoundError as error:
         sys.exit(f"{error}\nrun `dvc repro preprocess@{spec.key}` first")
-    full_batches = len(x_train) // BATCH_SIZE
-    steps = min(args.steps or full_batches, full_batches)
-    steps_per_epoch = math.ceil(len(x_train) / BATCH_SIZE)
-
-    def pipeline(train_params):
-        return training_dataset(x_train, y_train, BATCH_SIZE, params.seed, train_params.augment)
-
-    def ours(train_params, precision=policy):
-        keras.mixed_precision.set_global_policy(precision)
-        make_deterministic(params.seed)
-        model = build_model(train_params.model, x_train.shape[1:], NUM_CLASSES)
-        return compile_model(model, train_params, steps_per_epoch)
-
-    def published():
-        keras.mixed_precision.set_global_policy("float32")
-        make_deterministic(params.seed)
-        return keras_io_convnet()
-
+    x_train, y_train = data["train"]
+    steps = len(x_train) // BATCH_SIZE
     print(
-        f"[bench] {spec.title}, median of {args.repeats} × {steps} steps of batch {BATCH_SIZE}, "
-        f"{os.cpu_count()} CPU(s), TF {tf.__version__}, our precision: {policy}"
+        f"[bench] {spec.title}, {os.cpu_count()} CPU(s), TF {tf.__version__}, "
+        f"our precision: {policy}"
     )
+
+    # 1. The machine.
     ceilings = {"float32": matmul_gflops(tf.float32), "mixed_bfloat16": matmul_gflops(tf.bfloat16)}
     print(
         f"matmul 4096² ceiling: {ceilings['float32']:.0f} GFLOP/s float32, "
         f"{ceilings['mixed_bfloat16']:.0f} GFLOP/s bfloat16"
     )
 
-    baseline_model, preset_model = published(), ours(preset)
-    if baseline_model.count_params() != preset_model.count_params():
-        raise RuntimeError("the params preset no longer builds the keras.io convnet")
-    speeds = images_per_second(
-        {"a": (baseline_model, (x_train, y_train)), "b": (preset_model, pipeline(preset))},
-        steps,
-        args.repeats,
-    )
-    baseline, pipelined = speeds["a"], speeds["b"]
-    print(f"(a) keras.io convnet, NumPy input, float32:         {baseline:7.0f} images/s")
+    # 2. The peer as its users run it, against our train stage; each in its own process.
+    speeds: dict[str, list[float]] = {"peer": [], "stage": []}
+    for _ in range(args.repeats):
+        speeds["peer"].append(run_peer(spec.key, args.peer_epochs))
+        speeds["stage"].append(run_stage(spec.key, raw_params, args.peer_epochs, Path.cwd()))
+    peer, stage = (statistics.median(speeds[name]) for name in ("peer", "stage"))
     print(
-        f"(b) same convnet ({preset_model.count_params():,} params), our input pipeline, "
-        f"{policy}: {pipelined:7.0f} images/s"
+        f"{args.peer_epochs} epochs per process, {args.repeats} processes each, in turns; "
+        f"images/s of fit() incl. tracing and validation (median, all):"
     )
-    print(f"ratio (b)/(a): {pipelined / baseline:.2f}x")
+    print(f"(a) keras.io script as published, float32:        {peer:7.0f}  {speeds['peer']}")
+    print(f"(b) our train stage, same convnet, {policy}: {stage:7.0f}  {speeds['stage']}")
+    print(f"ratio (b)/(a): {stage / peer:.2f}x")
 
-    # The default model in both precisions: what `precision: auto` chooses between.
-    models = {precision: ours(default, precision) for precision in ("float32", "mixed_bfloat16")}
-    speeds = images_per_second(
-        {precision: (model, pipeline(default)) for precision, model in models.items()},
+    # 3. The default model in both precisions: what `precision: auto` chooses between.
+    steps_per_epoch = math.ceil(len(x_train) / BATCH_SIZE)
+    models = {}
+    for precision in ("float32", "mixed_bfloat16"):
+        keras.mixed_precision.set_global_policy(precision)
+        make_deterministic(params.seed)
+        model = build_model(default.model, x_train.shape[1:], NUM_CLASSES)
+        models[precision] = compile_model(model, default, steps_per_epoch)
+    pipeline = training_dataset(x_train, y_train, BATCH_SIZE, params.seed, default.augment)
+    throughput = images_per_second(
+        {precision: (model, pipeline) for precision, model in models.items()},
         steps,
         args.repeats,
     )
     for precision, model in models.items():
-        speed, flops = speeds[precision], forward_flops(model)
+        speed, flops = throughput[precision], forward_flops(model)
         achieved = 3 * flops * speed / 1e9  # forward + 2x backward
         print(
             f"default model ({model.count_params():,} params, "
             f"{flops / 1e6:.1f} MFLOP/image forward), {precision}: "
             f"{speed:.0f} images/s = {achieved:.0f} GFLOP/s, "
-            f"{achieved / ceilings[precision]:.0%} of the {precision} matmul ceiling; "
-            f"{len(x_train) / speed:.0f} s of compute per epoch"
+            f"{achieved / ceilings[precision]:.0%} of the {precision} matmul ceiling"
         )
 
-    if not args.skip_time_to_accuracy:
-        val_numpy = (x_val, y_val)
-        print(f"time to {args.target_accuracy:.2%} validation accuracy:")
-        print(
-            "  (a) keras.io convnet: "
-            + time_to_accuracy(
-                published(), (x_train, y_train), val_numpy, args.target_accuracy, args.max_epochs
-            )
-        )
-        print(
-            "  default model:        "
-            + time_to_accuracy(
-                ours(default),
-                pipeline(default),
-                evaluation_dataset(x_val, y_val, 1000),
-                args.target_accuracy,
-                args.max_epochs,
-            )
-        )
+    # 4. Time to accuracy, previous and current default recipe in turns.
+    previous = validate_overlay(raw_params, PREVIOUS_DEFAULT)
+    for key in args.time_to_accuracy:
+        target, title = TARGETS[key], get_spec(key).title
+        split = {name: load_split(key, name) for name in ("train", "val")}
+        print(f"time to {target:.1%} validation accuracy, {title}:")
+        for turn in range(1, args.turns + 1):
+            for name, recipe in (("previous", previous), ("current", params)):
+                timer = time_to_accuracy(recipe.train_for(key), params.seed, split, target)
+                print(f"  turn {turn}, {name} default: {describe_time(timer)}", flush=True)
     return 0
+
+
+def validate_overlay(raw_params: dict, overlay: dict):
+    """Params of `raw_params` with `overlay` laid over it (datasets replaced whole)."""
+    merged = deep_merge(raw_params, {"train": overlay["train"]})
+    merged["datasets"] = overlay["datasets"]
+    return Params.model_validate(merged)
 
 
 if __name__ == "__main__":

@@ -98,16 +98,12 @@ def compile_model(
     rate = learning_rate_schedule(
         train_params, learning_rate or train_params.learning_rate, steps_per_epoch
     )
-    # With `ema`, the optimizer also keeps a moving average of the weights; the
-    # SwapEMAWeights callback (training.build_callbacks) validates with it and fit()
-    # leaves it in the model.
-    averaging = {"use_ema": train_params.ema.enabled, "ema_momentum": train_params.ema.momentum}
     if train_params.optimizer == "adamw":
         optimizer = keras.optimizers.AdamW(
-            learning_rate=rate, weight_decay=train_params.weight_decay, **averaging
+            learning_rate=rate, weight_decay=train_params.weight_decay
         )
     else:
-        optimizer = keras.optimizers.Adam(learning_rate=rate, **averaging)
+        optimizer = keras.optimizers.Adam(learning_rate=rate)
     model.compile(
         optimizer=optimizer,
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=train_params.label_smoothing),

@@ -127,15 +127,6 @@ class ReduceLrParams(Section):
     min_lr: float = Field(ge=0, description="the rate never goes below this")
 
 
-class EmaParams(Section):
-    enabled: bool = Field(
-        description="keep an exponential moving average of the weights; validate and save it"
-    )
-    momentum: float = Field(
-        gt=0, lt=1, description="per-step decay of the average (0.999: about 1000 steps)"
-    )
-
-
 class ThreadParams(Section):
     intra_op: int = Field(
         ge=0, description="TensorFlow threads inside one op (0 = TF's default: one per core)"
@@ -171,7 +162,6 @@ class TrainParams(Section):
     lr_schedule: ScheduleParams
     label_smoothing: Fraction = Field(description="label smoothing of the cross-entropy")
     augment: AugmentParams
-    ema: EmaParams
     backup_and_restore: bool = Field(
         description="resume interrupted training from `checkpoints/<ds>/`"
     )

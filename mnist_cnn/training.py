@@ -56,10 +56,6 @@ def build_callbacks(train: TrainParams, backup_dir: Path) -> list[keras.callback
                 verbose=1,
             )
         )
-    if train.ema.enabled:
-        # Validation sees the averaged weights, and from each epoch's end on so do the
-        # callbacks after this one: EarlyStopping keeps and restores the best *average*.
-        callbacks.append(keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
     stop = train.early_stopping
     if stop.enabled:
         callbacks.append(

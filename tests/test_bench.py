@@ -4,18 +4,24 @@ from __future__ import annotations
 
 import keras
 import numpy as np
+import pytest
+import yaml
 
 from mnist_cnn.bench import (
     BATCH_SIZE,
     KERAS_IO_PRESET,
+    PREVIOUS_DEFAULT,
+    STAGE_SPEED,
     forward_flops,
     images_per_second,
-    keras_io_convnet,
     preset_params,
+    preset_params_file,
+    validate_overlay,
 )
 from mnist_cnn.input_pipeline import training_dataset
 from mnist_cnn.model import build_model, compile_model
-from mnist_cnn.params import AugmentParams, ModelParams, TrainParams, load_params
+from mnist_cnn.params import AugmentParams, ModelParams, Params, TrainParams, load_params
+from mnist_cnn.peer import keras_io_convnet, published_inputs
 from tests.conftest import PROJECT_ROOT
 
 
@@ -67,7 +73,7 @@ def test_preset_trains_like_the_published_script():
     assert not preset.augment.shift_pixels and not preset.augment.horizontal_flip
 
 
-def test_images_per_second_times_every_contender_on_both_kinds_of_input():
+def test_images_per_second_times_every_contender_in_turns():
     rng = np.random.default_rng(0)
     x = rng.random((4 * BATCH_SIZE, 28, 28, 1), dtype=np.float32)
     y = keras.utils.to_categorical(rng.integers(0, 10, len(x)), 10)
@@ -75,9 +81,42 @@ def test_images_per_second_times_every_contender_on_both_kinds_of_input():
         x, y, BATCH_SIZE, 0, AugmentParams(shift_pixels=0, horizontal_flip=False)
     )
     speeds = images_per_second(
-        {"numpy": (keras_io_convnet(), (x, y)), "tf.data": (keras_io_convnet(), data)},
+        {"one": (keras_io_convnet(), data), "two": (keras_io_convnet(), data)},
         steps=2,
         repeats=3,
     )
-    assert set(speeds) == {"numpy", "tf.data"}
+    assert set(speeds) == {"one", "two"}
     assert all(np.isfinite(speed) and speed > 0 for speed in speeds.values())
+
+
+def test_peer_preprocesses_as_published():
+    images = np.array([[[0, 255], [51, 102]]], dtype=np.uint8)
+    x, y = published_inputs(images, np.array([3]))
+    assert x.dtype == np.float32 and x.shape == (1, 2, 2, 1)
+    assert x[0, :, :, 0] == pytest.approx(np.array([[0.0, 1.0], [0.2, 0.4]]))
+    assert y.tolist() == [[0, 0, 0, 1, 0, 0, 0, 0, 0, 0]]
+
+
+def test_stage_speed_pattern_matches_the_train_stage_line():
+    source = (PROJECT_ROOT / "stages/train.py").read_text()
+    # The f-string the pattern reads (split over two source lines).
+    assert "epochs in {seconds:.0f} s " in source and "images/s); " in source
+    line = "[train] MNIST: 2 epochs in 13 s (8123 images/s); kept epoch 2: val_accuracy 0.98"
+    assert STAGE_SPEED.search(line).group(1) == "8123"
+
+
+def test_stage_preset_params_are_valid_and_train_the_keras_io_convnet():
+    raw = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+    params = Params.model_validate(preset_params_file(raw, "fashion_mnist", epochs=2))
+    train = params.train_for("fashion_mnist")  # its own overrides must not apply
+    assert train.epochs == 2 and not train.early_stopping.enabled
+    assert train.model.model_dump() == KERAS_IO_PRESET["model"]
+    assert list(params.datasets) == ["fashion_mnist"]
+
+
+def test_previous_default_is_a_valid_recipe_that_differs_from_today():
+    raw = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+    previous = validate_overlay(raw, PREVIOUS_DEFAULT)
+    current = load_params(PROJECT_ROOT / "params.yaml")
+    for key in ("mnist", "fashion_mnist"):
+        assert previous.train_for(key).model_dump() != current.train_for(key).model_dump(), key

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from mnist_cnn.params import DistributionParams
@@ -81,3 +84,21 @@ def test_multi_worker_without_tf_config_says_what_to_set(monkeypatch):
     monkeypatch.setenv("TF_CONFIG", "{not json")
     with pytest.raises(RuntimeError, match="TF_CONFIG is not valid JSON"):
         make_distribution(changed(SINGLE, strategy="multi_worker"), 128, 0.002)
+
+
+def test_thread_params_size_tensorflows_pools():
+    """0 keeps TensorFlow's default; a number sets the pool (in a fresh process: the
+    pools are fixed once TensorFlow's runtime starts)."""
+    script = (
+        "import tensorflow as tf\n"
+        "from mnist_cnn.params import ThreadParams\n"
+        "from mnist_cnn.runtime import set_threads\n"
+        "set_threads(ThreadParams(intra_op=1, inter_op=0))\n"
+        "tf.constant(1.0) + 1\n"
+        "print(tf.config.threading.get_intra_op_parallelism_threads(),"
+        " tf.config.threading.get_inter_op_parallelism_threads())\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert result.stdout.split() == ["1", "0"]
