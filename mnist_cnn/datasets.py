@@ -8,6 +8,7 @@ content is identical.
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,6 +105,13 @@ def get_spec(key: str) -> DatasetSpec:
     except KeyError:
         known = ", ".join(sorted(DATASETS))
         raise ValueError(f"unknown dataset {key!r}; known datasets: {known}") from None
+
+
+def spec_from_command_line(argv: list[str] | None, description: str) -> DatasetSpec:
+    """The dataset a stage runs on: its one argument (`python -m stages.train mnist`)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("dataset", choices=sorted(DATASETS), help="the dataset's key")
+    return get_spec(parser.parse_args(argv).dataset)
 
 
 def offline_package_dir(key: str) -> tuple[str, Path | None]:

@@ -6,19 +6,16 @@ a file only when its decompressed SHA-256 matches (mnist_cnn/sources.py says how
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from mnist_cnn.artifacts import DatasetPaths
-from mnist_cnn.datasets import get_spec
+from mnist_cnn.datasets import spec_from_command_line
 from mnist_cnn.params import load_params
 from mnist_cnn.sources import LOCAL_DIR_ENV, DownloadError, fetch_dataset, sources_for
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("dataset", help="dataset key, e.g. mnist or fashion_mnist")
-    spec = get_spec(parser.parse_args(argv).dataset)
+    spec = spec_from_command_line(argv, description=__doc__.splitlines()[0])
     settings = load_params().download
 
     try:

@@ -8,7 +8,6 @@ of the most confident mistakes.
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 import numpy as np
@@ -16,7 +15,7 @@ import pandas as pd
 from sklearn.metrics import confusion_matrix
 
 from mnist_cnn.artifacts import DatasetPaths, load_split, write_csv, write_json
-from mnist_cnn.datasets import get_spec
+from mnist_cnn.datasets import spec_from_command_line
 from mnist_cnn.evaluation import (
     DIGITS,
     classification_metrics,
@@ -29,9 +28,7 @@ from mnist_cnn.params import load_params
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("dataset", help="dataset key, e.g. mnist or fashion_mnist")
-    spec = get_spec(parser.parse_args(argv).dataset)
+    spec = spec_from_command_line(argv, description=__doc__.splitlines()[0])
     settings = load_params().evaluate
     paths = DatasetPaths(spec.key)
 

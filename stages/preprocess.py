@@ -8,13 +8,12 @@ holds (`dvc metrics show`), per class (`dvc plots show`), and a grid of sample i
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 import pandas as pd
 
 from mnist_cnn.artifacts import DatasetPaths, atomic_dir, save_split, write_csv, write_json
-from mnist_cnn.datasets import FILENAMES, IMAGE_SHAPE, NUM_CLASSES, get_spec
+from mnist_cnn.datasets import FILENAMES, IMAGE_SHAPE, NUM_CLASSES, spec_from_command_line
 from mnist_cnn.figures import plot_image_grid
 from mnist_cnn.idx import IdxFormatError, load_image_label_pair
 from mnist_cnn.params import load_params
@@ -29,9 +28,7 @@ from mnist_cnn.preprocessing import (
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("dataset", help="dataset key, e.g. mnist or fashion_mnist")
-    spec = get_spec(parser.parse_args(argv).dataset)
+    spec = spec_from_command_line(argv, description=__doc__.splitlines()[0])
     params = load_params()
     settings, seed = params.preprocess, params.seed
     paths = DatasetPaths(spec.key)

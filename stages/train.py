@@ -8,13 +8,12 @@ worker trains, and only the chief writes.
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 import time
 
 from mnist_cnn.artifacts import DatasetPaths, load_split, write_csv, write_json
-from mnist_cnn.datasets import NUM_CLASSES, get_spec
+from mnist_cnn.datasets import NUM_CLASSES, spec_from_command_line
 from mnist_cnn.figures import plot_training_curves
 from mnist_cnn.input_pipeline import evaluation_dataset, training_dataset
 from mnist_cnn.model import build_model, compile_model, save_model
@@ -35,9 +34,7 @@ from mnist_cnn.training import (
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("dataset", help="dataset key, e.g. mnist or fashion_mnist")
-    spec = get_spec(parser.parse_args(argv).dataset)
+    spec = spec_from_command_line(argv, description=__doc__.splitlines()[0])
     params = load_params()
     train = params.train_for(spec.key)
     paths = DatasetPaths(spec.key)

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from mnist_cnn.artifacts import STAGE_OUTPUTS, DatasetPaths
+from mnist_cnn.datasets import spec_from_command_line
 from mnist_cnn.params import CHECKED_MARKER
 from tests.conftest import PROJECT_ROOT
 
@@ -164,3 +165,10 @@ def test_registry_meta_matches_the_code_and_the_committed_run():
         assert tuple(entry["meta"]["class_names"]) == spec.class_names
         measured = json.loads((PROJECT_ROOT / DatasetPaths(key).test_metrics).read_text())
         assert entry["meta"]["test_accuracy"] == measured["accuracy"]
+
+
+def test_stages_take_one_known_dataset_key(capsys):
+    assert spec_from_command_line(["fashion_mnist"], "d").key == "fashion_mnist"
+    with pytest.raises(SystemExit):
+        spec_from_command_line(["cifar10"], "d")
+    assert "invalid choice: 'cifar10'" in capsys.readouterr().err
