@@ -185,16 +185,20 @@ PREVIOUS_DEFAULT = {
         },
     },
 }
-# Validation targets of the issue: both old and new default can reach them.
-TARGETS = {"mnist": 0.995, "fashion_mnist": 0.94}
+# Validation accuracies to time, per dataset. The issue asked for 99.5 % and 94.0 %; on this
+# validation split neither MNIST recipe reached 99.5 % (the committed run peaked at
+# 99.42 %), so MNIST is also timed to 99.3 %, which both reach.
+TARGETS = {"mnist": (0.993, 0.995), "fashion_mnist": (0.94,)}
 
 
-class TimeToTarget(keras.callbacks.Callback):
-    """Record each epoch's wall time and stop once val_accuracy reaches `target`."""
+class TimeToTargets(keras.callbacks.Callback):
+    """Record the wall time (and epoch) at which val_accuracy first reaches each target;
+    stop training once it reached them all."""
 
-    def __init__(self, target: float):
+    def __init__(self, targets: tuple[float, ...]):
         super().__init__()
-        self.target, self.seconds, self.epoch = target, 0.0, None
+        self.targets, self.seconds, self.epochs_run = targets, 0.0, 0
+        self.reached: dict[float, tuple[float, int]] = {}
 
     def on_epoch_begin(self, epoch, logs=None):
         self._started = time.perf_counter()
@@ -202,20 +206,34 @@ class TimeToTarget(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         self.seconds += time.perf_counter() - self._started
         self.epochs_run = epoch + 1
-        if self.epoch is None and logs["val_accuracy"] >= self.target:
-            self.epoch = epoch + 1
+        for target in self.targets:
+            if target not in self.reached and logs["val_accuracy"] >= target:
+                self.reached[target] = (self.seconds, epoch + 1)
+        if len(self.reached) == len(self.targets):
             self.model.stop_training = True
 
+    def describe(self) -> str:
+        parts = []
+        for target in self.targets:
+            if target in self.reached:
+                seconds, epoch = self.reached[target]
+                parts.append(f"{target:.1%} in {seconds:.0f} s (epoch {epoch})")
+            else:
+                parts.append(f"{target:.1%} not reached")
+        return f"{'; '.join(parts)}; {self.epochs_run} epochs in {self.seconds:.0f} s"
 
-def time_to_accuracy(train: TrainParams, seed: int, data: dict, target: float) -> TimeToTarget:
-    """Train like the train stage does and stop at `target` validation accuracy."""
+
+def time_to_accuracy(
+    train: TrainParams, seed: int, data: dict, targets: tuple[float, ...]
+) -> TimeToTargets:
+    """Train like the train stage does and time the validation targets."""
     (x_train, y_train), (x_val, y_val) = data["train"], data["val"]
     keras.mixed_precision.set_global_policy(resolve_precision(train.precision))
     make_deterministic(seed)
     steps_per_epoch = math.ceil(len(x_train) / train.batch_size)
     model = build_model(train.model, x_train.shape[1:], NUM_CLASSES)
     compile_model(model, train, steps_per_epoch)
-    timer = TimeToTarget(target)
+    timer = TimeToTargets(targets)
     with tempfile.TemporaryDirectory(prefix="bench-backup-") as backup:
         model.fit(
             training_dataset(x_train, y_train, train.batch_size, seed, train.augment),
@@ -226,12 +244,6 @@ def time_to_accuracy(train: TrainParams, seed: int, data: dict, target: float) -
             verbose=0,
         )
     return timer
-
-
-def describe_time(timer: TimeToTarget) -> str:
-    if timer.epoch is None:
-        return f"not reached in {timer.epochs_run} epochs ({timer.seconds:.0f} s)"
-    return f"{timer.seconds:.0f} s (epoch {timer.epoch})"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -317,13 +329,12 @@ def main(argv: list[str] | None = None) -> int:
     # 4. Time to accuracy, previous and current default recipe in turns.
     previous = validate_overlay(raw_params, PREVIOUS_DEFAULT)
     for key in args.time_to_accuracy:
-        target, title = TARGETS[key], get_spec(key).title
         split = {name: load_split(key, name) for name in ("train", "val")}
-        print(f"time to {target:.1%} validation accuracy, {title}:")
+        print(f"time to validation accuracy, {get_spec(key).title}:")
         for turn in range(1, args.turns + 1):
             for name, recipe in (("previous", previous), ("current", params)):
-                timer = time_to_accuracy(recipe.train_for(key), params.seed, split, target)
-                print(f"  turn {turn}, {name} default: {describe_time(timer)}", flush=True)
+                timer = time_to_accuracy(recipe.train_for(key), params.seed, split, TARGETS[key])
+                print(f"  turn {turn}, {name} default: {timer.describe()}", flush=True)
     return 0
 
 

@@ -12,6 +12,7 @@ from mnist_cnn.bench import (
     KERAS_IO_PRESET,
     PREVIOUS_DEFAULT,
     STAGE_SPEED,
+    TimeToTargets,
     forward_flops,
     images_per_second,
     preset_params,
@@ -120,3 +121,21 @@ def test_previous_default_is_a_valid_recipe_that_differs_from_today():
     current = load_params(PROJECT_ROOT / "params.yaml")
     for key in ("mnist", "fashion_mnist"):
         assert previous.train_for(key).model_dump() != current.train_for(key).model_dump(), key
+
+
+def test_time_to_targets_records_first_crossings_and_stops_when_all_reached():
+    timer = TimeToTargets((0.9, 0.95))
+    timer.set_model(keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)]))
+    timer.model.stop_training = False
+    for epoch, accuracy in enumerate([0.85, 0.91, 0.93, 0.96, 0.97]):
+        timer.on_epoch_begin(epoch)
+        timer.on_epoch_end(epoch, {"val_accuracy": accuracy})
+        if timer.model.stop_training:
+            break
+    assert {target: epoch for target, (_, epoch) in timer.reached.items()} == {0.9: 2, 0.95: 4}
+    assert timer.epochs_run == 4 and timer.model.stop_training
+    assert "90.0% in" in timer.describe() and "(epoch 4)" in timer.describe()
+    unreached = TimeToTargets((0.99,))
+    unreached.on_epoch_begin(0)
+    unreached.on_epoch_end(0, {"val_accuracy": 0.5})
+    assert "99.0% not reached" in unreached.describe()
