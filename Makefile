@@ -29,7 +29,7 @@ format: setup         ## apply ruff's formatting and safe fixes
 	ruff format .
 	ruff check --fix .
 
-bench: setup          ## throughput and time-to-accuracy vs the keras.io convnet (~9 min)
+bench: setup          ## the keras.io convnet as published vs our train stage, throughput, time to accuracy (~21 min)
 	dvc repro preprocess@mnist
 	mnist-cnn-bench
 
