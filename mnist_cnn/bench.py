@@ -71,11 +71,6 @@ KERAS_IO_PRESET = {
 }
 
 
-def preset_params(train_params: TrainParams) -> TrainParams:
-    """`train_params` with the keras.io preset laid over it."""
-    return TrainParams.model_validate(deep_merge(train_params.model_dump(), KERAS_IO_PRESET))
-
-
 def forward_flops(model: keras.Model) -> int:
     """Multiply-adds ×2 of the conv and dense layers for one image (the rest is small)."""
     flops = 0

@@ -15,7 +15,6 @@ from mnist_cnn.bench import (
     TimeToTargets,
     forward_flops,
     images_per_second,
-    preset_params,
     preset_params_file,
     validate_overlay,
 )
@@ -64,7 +63,8 @@ def test_preset_keys_exist_in_params():
 
 
 def test_preset_trains_like_the_published_script():
-    preset = preset_params(load_params(PROJECT_ROOT / "params.yaml").train)
+    raw = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+    preset = Params.model_validate(preset_params_file(raw, "mnist", epochs=2)).train_for("mnist")
     ours = compile_model(build_model(preset.model, (28, 28, 1), 10), preset, 100)
     theirs = keras_io_convnet()
     assert type(ours.optimizer) is type(theirs.optimizer)
