@@ -1,4 +1,4 @@
-"""Training helpers: determinism, the callbacks from params, what training kept.
+"""Training helpers: determinism, the callbacks from params, fitting, what training kept.
 
 Used by the train stage (stages/train.py) and the benchmark.
 """
@@ -8,9 +8,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import keras
+import numpy as np
 import pandas as pd
 import tensorflow as tf
 
+from mnist_cnn.input_pipeline import evaluation_dataset, training_dataset
 from mnist_cnn.params import EarlyStoppingParams, TrainParams
 
 # Where BackupAndRestore keeps interrupted training state (git-ignored, not a DVC output,
@@ -69,6 +71,34 @@ def build_callbacks(train: TrainParams, backup_dir: Path) -> list[keras.callback
     # Runs after ReduceLROnPlateau so the logged rate is the one the epoch used.
     callbacks.append(LearningRateLogger())
     return callbacks
+
+
+def fit(
+    model: keras.Model,
+    train: TrainParams,
+    seed: int,
+    train_split: tuple[np.ndarray, np.ndarray],
+    val_split: tuple[np.ndarray, np.ndarray],
+    batch_size: int,
+    backup_dir: Path,
+    extra_callbacks: tuple[keras.callbacks.Callback, ...] = (),
+    verbose: int | str = 2,
+) -> dict[str, list[float]]:
+    """Train a compiled model the way the train stage does; return Keras' history.
+
+    Each split is (images, one-hot labels). The training pipeline shuffles and augments
+    reproducibly from `seed`; validation runs after every epoch; the callbacks come from
+    params (`extra_callbacks` run after them).
+    """
+    (x_train, y_train), (x_val, y_val) = train_split, val_split
+    return model.fit(
+        training_dataset(x_train, y_train, batch_size, seed, train.augment),
+        validation_data=evaluation_dataset(x_val, y_val, batch_size),
+        epochs=train.epochs,
+        shuffle=False,  # the dataset shuffles itself, reproducibly
+        callbacks=[*build_callbacks(train, backup_dir), *extra_callbacks],
+        verbose=verbose,
+    ).history
 
 
 def selected_epoch_index(

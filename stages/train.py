@@ -15,7 +15,6 @@ import time
 from mnist_cnn.artifacts import DatasetPaths, load_split, write_csv, write_json
 from mnist_cnn.datasets import NUM_CLASSES, spec_from_command_line
 from mnist_cnn.figures import plot_training_curves
-from mnist_cnn.input_pipeline import evaluation_dataset, training_dataset
 from mnist_cnn.model import build_model, compile_model, save_model
 from mnist_cnn.params import load_params
 from mnist_cnn.runtime import (
@@ -26,7 +25,7 @@ from mnist_cnn.runtime import (
 )
 from mnist_cnn.training import (
     BACKUP_DIR,
-    build_callbacks,
+    fit,
     history_table,
     make_deterministic,
     selected_epoch_index,
@@ -46,12 +45,11 @@ def main(argv: list[str] | None = None) -> int:
     policy = set_precision(train.precision)
     make_deterministic(params.seed)
 
-    # Prepare data: a tf.data pipeline that shuffles, augments and prefetches.
-    x_train, y_train = load_split(spec.key, "train")
-    x_val, y_val = load_split(spec.key, "val")
+    # Prepare data: the prepared splits (fit() below wraps them in tf.data pipelines that
+    # shuffle, augment and prefetch).
+    train_split, val_split = load_split(spec.key, "train"), load_split(spec.key, "val")
+    x_train = train_split[0]
     batch_size = distribution.global_batch_size
-    train_data = training_dataset(x_train, y_train, batch_size, params.seed, train.augment)
-    val_data = evaluation_dataset(x_val, y_val, batch_size)
     steps_per_epoch = math.ceil(len(x_train) / batch_size)
 
     # Build the model (its variables live where the strategy puts them).
@@ -69,15 +67,17 @@ def main(argv: list[str] | None = None) -> int:
     # Train.
     started = time.perf_counter()
     with distribution.strategy.scope():
-        history = model.fit(
-            train_data,
-            validation_data=val_data,
-            epochs=train.epochs,
-            shuffle=False,  # the dataset shuffles itself, reproducibly
-            callbacks=build_callbacks(train, BACKUP_DIR / spec.key),
+        history = fit(
+            model,
+            train,
+            params.seed,
+            train_split,
+            val_split,
+            batch_size,
+            BACKUP_DIR / spec.key,
             # One line per epoch when logged to a file; a live progress bar in a terminal.
             verbose=1 if sys.stdout.isatty() else 2,
-        ).history
+        )
     seconds = time.perf_counter() - started
     selected = selected_epoch_index(history, train.early_stopping)
     print(
