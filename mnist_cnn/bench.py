@@ -39,13 +39,13 @@ from keras import layers
 
 from mnist_cnn.artifacts import load_split
 from mnist_cnn.datasets import NUM_CLASSES, get_spec
-from mnist_cnn.input_pipeline import evaluation_dataset, training_dataset
+from mnist_cnn.input_pipeline import training_dataset
 from mnist_cnn.model import build_model, compile_model
 from mnist_cnn.params import PARAMS_FILE, Params, TrainParams, deep_merge, load_params
+from mnist_cnn.peer import BATCH_SIZE  # the keras.io script's; sections 2-3 train at it
 from mnist_cnn.runtime import resolve_precision
-from mnist_cnn.training import build_callbacks, make_deterministic
+from mnist_cnn.training import fit, make_deterministic
 
-BATCH_SIZE = 128  # keras.io's
 WARMUP_STEPS = 10  # untimed batches before each model's timing
 # The keras.io convnet and its training recipe expressed as our params: two conv blocks
 # without batch-norm, "valid" convs with bias + ReLU, no dropout after the pools, dropout
@@ -67,7 +67,13 @@ KERAS_IO_PRESET = {
     "learning_rate": 0.001,
     "label_smoothing": 0.0,
     "lr_schedule": {"name": "constant", "warmup_epochs": 0},
-    "augment": {"shift_pixels": 0, "horizontal_flip": False},
+    "augment": {
+        "shift_pixels": 0,
+        "horizontal_flip": False,
+        "rotation_degrees": 0.0,
+        "zoom": 0.0,
+        "random_erasing": {"probability": 0.0},
+    },
 }
 
 
@@ -126,10 +132,16 @@ STAGE_SPEED = re.compile(r"epochs in [\d.]+ s \((\d+) images/s\)")
 
 def run_peer(dataset: str, epochs: int) -> float:
     """Images/s of the keras.io script (mnist_cnn/peer.py) in a fresh process."""
-    command = [sys.executable, "-m", "mnist_cnn.peer", "--dataset", dataset]
-    result = subprocess.run(
-        [*command, "--epochs", str(epochs)], capture_output=True, text=True, check=True
-    )
+    command = [
+        sys.executable,
+        "-m",
+        "mnist_cnn.peer",
+        "--dataset",
+        dataset,
+        "--epochs",
+        str(epochs),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, check=True)
     return float(json.loads(result.stdout.strip().splitlines()[-1])["images_per_second"])
 
 
@@ -137,7 +149,7 @@ def preset_params_file(raw_params: dict, dataset: str, epochs: int) -> dict:
     """params.yaml for the train stage with the keras.io preset for `dataset`."""
     train = deep_merge(raw_params["train"], {**KERAS_IO_PRESET, "epochs": epochs})
     train["early_stopping"] = {**train["early_stopping"], "enabled": False}
-    return {**raw_params, "train": train, "datasets": {dataset: {}}}
+    return {**raw_params, "train": train, "datasets": {dataset: {"train": {}, "evaluate": {}}}}
 
 
 def run_stage(dataset: str, raw_params: dict, epochs: int, project: Path) -> float:
@@ -167,15 +179,20 @@ def run_stage(dataset: str, raw_params: dict, epochs: int, project: Path) -> flo
 # The default recipe before the time-to-accuracy work (issue "Time to accuracy"), as
 # changes laid over today's params.yaml.
 PREVIOUS_DEFAULT = {
-    "train": {"epochs": 15, "learning_rate": 0.002},
+    "train": {
+        "epochs": 15,
+        "learning_rate": 0.002,
+        "augment": {"rotation_degrees": 0, "zoom": 0.0, "random_erasing": {"probability": 0.0}},
+    },
     "datasets": {
-        "mnist": {},
+        "mnist": {"train": {}, "evaluate": {}},
         "fashion_mnist": {
             "train": {
-                "augment": {"horizontal_flip": True},
+                "augment": {"horizontal_flip": True, "random_erasing": {"probability": 0.0}},
                 "epochs": 50,
                 "model": {"convs_per_block": [1, 2, 2], "conv_dropout": 0.1},
-            }
+            },
+            "evaluate": {"test_time_shift_pixels": 0},
         },
     },
 }
@@ -220,21 +237,23 @@ class TimeToTargets(keras.callbacks.Callback):
 def time_to_accuracy(
     train: TrainParams, seed: int, data: dict, targets: tuple[float, ...]
 ) -> TimeToTargets:
-    """Train like the train stage does and time the validation targets."""
-    (x_train, y_train), (x_val, y_val) = data["train"], data["val"]
+    """Train like the train stage does (its own `fit`) and time the validation targets."""
+    x_train = data["train"][0]
     keras.mixed_precision.set_global_policy(resolve_precision(train.precision))
     make_deterministic(seed)
-    steps_per_epoch = math.ceil(len(x_train) / train.batch_size)
     model = build_model(train.model, x_train.shape[1:], NUM_CLASSES)
-    compile_model(model, train, steps_per_epoch)
+    compile_model(model, train, math.ceil(len(x_train) / train.batch_size))
     timer = TimeToTargets(targets)
     with tempfile.TemporaryDirectory(prefix="bench-backup-") as backup:
-        model.fit(
-            training_dataset(x_train, y_train, train.batch_size, seed, train.augment),
-            validation_data=evaluation_dataset(x_val, y_val, train.batch_size),
-            epochs=train.epochs,
-            shuffle=False,
-            callbacks=[*build_callbacks(train, Path(backup)), timer],
+        fit(
+            model,
+            train,
+            seed,
+            data["train"],
+            data["val"],
+            train.batch_size,
+            Path(backup),
+            extra_callbacks=(timer,),
             verbose=0,
         )
     return timer

@@ -13,6 +13,7 @@ import pandas as pd
 from sklearn.metrics import classification_report
 
 from mnist_cnn.artifacts import DatasetPaths
+from mnist_cnn.input_pipeline import shift_images
 from mnist_cnn.layers import FusedBatchNormalization
 
 DIGITS = 6  # metrics are rounded so that reruns and diffs are not float noise
@@ -44,6 +45,30 @@ def classification_metrics(
     )
     per_class = per_class[["precision", "recall", "f1", "support"]].round(DIGITS)
     return summary, per_class.astype({"support": int})
+
+
+def shift_offsets(shift_pixels: int) -> list[tuple[int, int]]:
+    """Every (dx, dy) within ±shift_pixels, the unshifted (0, 0) first."""
+    span = range(-shift_pixels, shift_pixels + 1)
+    return sorted(((dx, dy) for dx in span for dy in span), key=lambda xy: xy != (0, 0))
+
+
+def predict_probabilities(
+    model: keras.Model, images: np.ndarray, batch_size: int, shift_pixels: int = 0
+) -> np.ndarray:
+    """Softmax outputs, averaged over shifted copies of each image when shift_pixels > 0.
+
+    Test-time augmentation with the same kind of shifts the model trained on: a few
+    ambiguous images are decided by the consensus of their neighbours' views.
+    """
+    total = np.zeros((len(images), model.output_shape[-1]), dtype=np.float64)
+    offsets = shift_offsets(shift_pixels)
+    for dx, dy in offsets:
+        view = images
+        if (dx, dy) != (0, 0):
+            view = shift_images(images, np.full((len(images), 2), (dx, dy))).numpy()
+        total += model.predict(view, batch_size=batch_size, verbose=0)
+    return (total / len(offsets)).astype(np.float32)
 
 
 def most_confident_mistakes(

@@ -7,10 +7,12 @@ come from `Dataset.random(..., rerandomize_each_iteration=True)`).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import tensorflow as tf
 
-from mnist_cnn.params import AugmentParams
+from mnist_cnn.params import AugmentParams, ErasingParams
 
 
 def shift_images(images: tf.Tensor, offsets: tf.Tensor) -> tf.Tensor:
@@ -36,25 +38,117 @@ def shift_images(images: tf.Tensor, offsets: tf.Tensor) -> tf.Tensor:
     )
 
 
-def augment_batch(
-    images: tf.Tensor, seed: tf.Tensor, shift_pixels: int, horizontal_flip: bool
-) -> tf.Tensor:
-    """Random shifts of up to ±shift_pixels and, if asked, left-right flips.
+def rotate_and_zoom(images: tf.Tensor, angles: tf.Tensor, scales: tf.Tensor) -> tf.Tensor:
+    """Rotate each image by angles[i] radians (counter-clockwise as displayed) and scale
+    it by scales[i], both about its centre; bilinear sampling, black fill. One op.
+    """
+    height, width = tf.unstack(tf.cast(tf.shape(images)[1:3], tf.float32))
+    centre_x, centre_y = (width - 1) / 2, (height - 1) / 2
+    # Each row maps an output pixel back to its input pixel: p_in = R(-angle) (p_out - c)
+    # / scale + c. Image rows grow downwards, hence the signs of the sine terms.
+    cos, sin = tf.cos(angles) / scales, tf.sin(angles) / scales
+    zeros = tf.zeros_like(angles)
+    transforms = tf.stack(
+        [
+            cos,
+            -sin,
+            centre_x - cos * centre_x + sin * centre_y,
+            sin,
+            cos,
+            centre_y - sin * centre_x - cos * centre_y,
+            zeros,
+            zeros,
+        ],
+        axis=1,
+    )
+    return tf.raw_ops.ImageProjectiveTransformV3(
+        images=images,
+        transforms=transforms,
+        output_shape=tf.shape(images)[1:3],
+        fill_value=0.0,
+        interpolation="BILINEAR",
+        fill_mode="CONSTANT",
+    )
+
+
+def erase_rectangles(images: tf.Tensor, seed: tf.Tensor, erasing: ErasingParams) -> tf.Tensor:
+    """Random erasing (Zhong et al., 2017): with probability `erasing.probability`, one
+    rectangle of each image, of random area and aspect ratio, is set to black.
+
+    Written here rather than keras.layers.RandomErasing because that layer draws from a
+    stateful SeedGenerator (a plain tensor seed is refused), which would break the
+    per-batch stateless seeding that makes runs reproducible under tf.data.
+    """
+    count = tf.shape(images)[0]
+    # Dynamic sizes: the shift's transform op leaves the static image shape unknown.
+    height, width = tf.unstack(tf.cast(tf.shape(images)[1:3], tf.float32))
+    area_seed, ratio_seed, top_seed, left_seed, apply_seed = tf.unstack(
+        tf.random.experimental.stateless_split(seed, 5)
+    )
+    area = (
+        height
+        * width
+        * tf.random.stateless_uniform((count,), area_seed, erasing.min_area, erasing.max_area)
+    )
+    log_ratio = math.log(erasing.max_aspect_ratio)
+    ratio = tf.exp(tf.random.stateless_uniform((count,), ratio_seed, -log_ratio, log_ratio))
+    # Rectangle sides in whole pixels, clipped to the image.
+    box_height = tf.clip_by_value(tf.round(tf.sqrt(area * ratio)), 1.0, height)
+    box_width = tf.clip_by_value(tf.round(tf.sqrt(area / ratio)), 1.0, width)
+    top = tf.floor(tf.random.stateless_uniform((count,), top_seed) * (height - box_height + 1))
+    left = tf.floor(tf.random.stateless_uniform((count,), left_seed) * (width - box_width + 1))
+    erase = tf.random.stateless_uniform((count,), apply_seed) < erasing.probability
+    rows = tf.range(height)[tf.newaxis, :]
+    cols = tf.range(width)[tf.newaxis, :]
+    in_rows = (rows >= top[:, tf.newaxis]) & (rows < (top + box_height)[:, tf.newaxis])
+    in_cols = (cols >= left[:, tf.newaxis]) & (cols < (left + box_width)[:, tf.newaxis])
+    mask = in_rows[:, :, tf.newaxis] & in_cols[:, tf.newaxis, :] & erase[:, tf.newaxis, tf.newaxis]
+    return tf.where(mask[..., tf.newaxis], tf.zeros_like(images), images)
+
+
+def augment_batch(images: tf.Tensor, seed: tf.Tensor, augment: AugmentParams) -> tf.Tensor:
+    """Random rotation and zoom, shifts of up to ±shift_pixels, left-right flips and
+    random erasing, each only if `augment` asks for it.
 
     `seed` is a shape-[2] int tensor; the same seed gives the same batch.
     Flips suit Fashion-MNIST (a mirrored shoe is a shoe) but never digits.
     """
     count = tf.shape(images)[0]
-    shift_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-    if shift_pixels:
+    # Split into more seeds leaves the first ones as they were (measured): adding an
+    # augmentation does not change the draws of the others.
+    shift_seed, flip_seed, erase_seed, angle_seed, scale_seed = tf.unstack(
+        tf.random.experimental.stateless_split(seed, 5)
+    )
+    if augment.rotation_degrees or augment.zoom:
+        limit = math.radians(augment.rotation_degrees)
+        angles = tf.random.stateless_uniform((count,), angle_seed, -limit, limit)
+        scales = tf.random.stateless_uniform(
+            (count,), scale_seed, 1 - augment.zoom, 1 + augment.zoom
+        )
+        images = rotate_and_zoom(images, angles, scales)
+    if augment.shift_pixels:
+        shift = augment.shift_pixels
         offsets = tf.random.stateless_uniform(
-            (count, 2), shift_seed, minval=-shift_pixels, maxval=shift_pixels + 1, dtype=tf.int32
+            (count, 2), shift_seed, minval=-shift, maxval=shift + 1, dtype=tf.int32
         )
         images = shift_images(images, offsets)
-    if horizontal_flip:
+    if augment.horizontal_flip:
         flip = tf.random.stateless_uniform((count, 1, 1, 1), flip_seed) < 0.5
         images = tf.where(flip, tf.reverse(images, axis=[2]), images)
+    if augment.random_erasing.probability:
+        images = erase_rectangles(images, erase_seed, augment.random_erasing)
     return images
+
+
+def augments(augment: AugmentParams) -> bool:
+    """Whether `augment` changes any image at all."""
+    return bool(
+        augment.shift_pixels
+        or augment.horizontal_flip
+        or augment.rotation_degrees
+        or augment.zoom
+        or augment.random_erasing.probability
+    )
 
 
 def _with_options(dataset: tf.data.Dataset) -> tf.data.Dataset:
@@ -80,17 +174,12 @@ def training_dataset(
     dataset = tf.data.Dataset.from_tensor_slices((images, labels))
     dataset = dataset.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
     dataset = dataset.batch(batch_size)
-    if augment.shift_pixels or augment.horizontal_flip:
+    if augments(augment):
         # One int64 per batch, a new sequence each epoch, the same sequence each run.
         seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
         dataset = tf.data.Dataset.zip(dataset, seeds).map(
             lambda batch, draw: (
-                augment_batch(
-                    batch[0],
-                    tf.stack([draw, tf.constant(seed, tf.int64)]),
-                    augment.shift_pixels,
-                    augment.horizontal_flip,
-                ),
+                augment_batch(batch[0], tf.stack([draw, tf.constant(seed, tf.int64)]), augment),
                 batch[1],
             ),
             num_parallel_calls=tf.data.AUTOTUNE,

@@ -17,7 +17,7 @@ import copy
 import difflib
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -32,6 +32,8 @@ CHECKED_TEXT = "params.yaml matches the schema in mnist_cnn/params.py\n"
 Monitor = Literal["val_loss", "val_accuracy"]
 Fraction = Annotated[float, Field(ge=0, lt=1)]  # a dropout or smoothing rate: [0, 1)
 PositiveInt = Annotated[int, Field(ge=1)]
+# The sections a dataset may override for itself, under `datasets.<name>`.
+OVERRIDABLE = ("train", "evaluate")
 
 
 class ParamsError(ValueError):
@@ -42,6 +44,9 @@ class Section(BaseModel):
     """Strict: no unknown keys, no "10" for 10, no true for 1; immutable once loaded."""
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+SectionT = TypeVar("SectionT", bound=Section)
 
 
 class DownloadParams(Section):
@@ -77,9 +82,36 @@ class ScheduleParams(Section):
     warmup_epochs: int = Field(ge=0, description="epochs of linear warm-up (cosine only)")
 
 
+class ErasingParams(Section):
+    probability: Fraction = Field(
+        description="share of training images that get one random rectangle set to black "
+        "(random erasing; 0 = off)"
+    )
+    min_area: float = Field(gt=0, le=1, description="smallest rectangle, as a share of the image")
+    max_area: float = Field(gt=0, le=1, description="largest rectangle, as a share of the image")
+    max_aspect_ratio: float = Field(
+        ge=1, description="height/width drawn log-uniformly in [1/this, this]"
+    )
+
+    @model_validator(mode="after")
+    def _area_range(self) -> ErasingParams:
+        if self.min_area > self.max_area:
+            raise ValueError(
+                f"random_erasing.min_area = {self.min_area} is above max_area = {self.max_area}"
+            )
+        return self
+
+
 class AugmentParams(Section):
     shift_pixels: int = Field(ge=0, le=8, description="random shift of up to ± this many pixels")
     horizontal_flip: bool = Field(description="random left-right flips (clothes, never digits)")
+    rotation_degrees: float = Field(
+        ge=0, le=45, description="random rotation within ± this many degrees (0 = off)"
+    )
+    zoom: float = Field(
+        ge=0, lt=1, description="random scale in [1 - zoom, 1 + zoom] about the centre (0 = off)"
+    )
+    random_erasing: ErasingParams
 
 
 class ModelParams(Section):
@@ -192,6 +224,12 @@ class EvaluateParams(Section):
     gallery_size: int = Field(
         ge=0, le=200, description="most confident mistakes shown in `plots/<ds>/misclassified.png`"
     )
+    test_time_shift_pixels: int = Field(
+        ge=0,
+        le=3,
+        description="test-time augmentation: average the softmax over the image shifted by "
+        "every (dx, dy) within ± this many pixels ((2n+1)² views; 0 = off)",
+    )
 
 
 class Params(Section):
@@ -204,39 +242,55 @@ class Params(Section):
     preprocess: PreprocessParams
     train: TrainParams
     evaluate: EvaluateParams
-    # Per dataset, any part of `train` laid over the shared section; checked in
-    # `_datasets_known_and_overrides_valid` (the overrides are partial, so they stay dicts).
+    # Per dataset, any part of `train` and of `evaluate` laid over the shared sections;
+    # checked in `_datasets_known_and_overrides_valid` (overrides are partial: dicts).
     datasets: dict[str, Any] = Field(
-        min_length=1, description="the datasets to run, each with optional `train` overrides"
+        min_length=1,
+        description="the datasets to run, each with `train` and `evaluate` overrides ({} = none)",
     )
 
     @model_validator(mode="after")
     def _datasets_known_and_overrides_valid(self) -> Params:
         for name in self.datasets:
             self.train_for(name)  # raises for an unknown dataset or a bad override
+            self.evaluate_for(name)
         return self
 
     def train_for(self, dataset: str) -> TrainParams:
         """The shared `train` section with `datasets.<dataset>.train` laid over it."""
+        return self._section_for(dataset, "train", TrainParams)
+
+    def evaluate_for(self, dataset: str) -> EvaluateParams:
+        """The shared `evaluate` section with `datasets.<dataset>.evaluate` laid over it."""
+        return self._section_for(dataset, "evaluate", EvaluateParams)
+
+    def _section_for(self, dataset: str, section: str, schema: type[SectionT]) -> SectionT:
         if dataset not in DATASETS:
             raise ValueError(f"unknown dataset datasets.{dataset}; known: {', '.join(DATASETS)}")
         if dataset not in self.datasets:
             raise ValueError(f"dataset {dataset!r} is not listed under datasets")
-        settings = self.datasets[dataset] or {}
-        if not isinstance(settings, dict) or set(settings) - {"train"}:
+        settings = self.datasets[dataset]
+        # dvc.yaml names both keys as params of the dataset's stages: DVC needs them there.
+        if not isinstance(settings, dict) or set(settings) != set(OVERRIDABLE):
             raise ValueError(
-                f"datasets.{dataset} may only hold `train: {{...}}` overrides, got {settings!r}"
+                f"datasets.{dataset} must hold exactly `train: {{...}}` and `evaluate: {{...}}` "
+                f"overrides ({{}} for none), got {settings!r}"
             )
-        override = settings.get("train") or {}
-        merged = deep_merge(self.train.model_dump(), override)
+        override = settings[section] or {}
+        if not isinstance(override, dict):
+            raise ValueError(f"datasets.{dataset}.{section} must be a mapping, got {override!r}")
+        merged = deep_merge(getattr(self, section).model_dump(), override)
         try:
-            return TrainParams.model_validate(merged)
+            return schema.model_validate(merged)
         except ValidationError as error:
             # Name the key where the user wrote it: the override, or the shared section.
             raise ParamsError(
                 "\n".join(
                     describe(
-                        problem, override_prefix=f"datasets.{dataset}.train", override=override
+                        problem,
+                        section=section,
+                        override_prefix=f"datasets.{dataset}.{section}",
+                        override=override,
                     )
                     for problem in error.errors()
                 )
@@ -273,14 +327,20 @@ def _has_path(node: Any, path: tuple) -> bool:
     return True
 
 
-def describe(problem: dict, override_prefix: str = "", override: dict | None = None) -> str:
-    """One line for one pydantic error: the dotted key, the value, what is allowed."""
+def describe(
+    problem: dict, section: str = "", override_prefix: str = "", override: dict | None = None
+) -> str:
+    """One line for one pydantic error: the dotted key, the value, what is allowed.
+
+    For an error in a per-dataset view of `section`, the key is named in the override
+    when the user wrote it there, else in the shared section.
+    """
     location = tuple(str(part) for part in problem["loc"])
     prefix = ""
     if override_prefix:
         in_override = _has_path(override or {}, location)
-        prefix = override_prefix if in_override else "train"
-        schema_root: tuple = ("train",)
+        prefix = override_prefix if in_override else section
+        schema_root: tuple = (section,)
     else:
         schema_root = ()
     key = ".".join(filter(None, (prefix, *location)))

@@ -36,6 +36,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from mnist_cnn.datasets import DATASETS, IMAGE_SHAPE, get_spec
+from mnist_cnn.params import PARAMS_FILE, load_params
 from mnist_cnn.preprocessing import normalize_images
 
 # Longer side of the object after fitting, per dataset (see step 6 above).
@@ -43,6 +44,7 @@ FIT_SIZE = {"mnist": 20, "fashion_mnist": 28}
 CENTER_OF_MASS = {"mnist": True, "fashion_mnist": False}
 OBJECT_THRESHOLD = 0.25  # share of the brightest pixel that counts as object (step 5)
 MIN_CONTRAST = 0.10  # object vs background, as a share of 0-255, below which: no object
+PREDICT_BATCH = 256  # images per forward pass
 
 
 class ImageError(ValueError):
@@ -144,6 +146,13 @@ def prepare_image(path: Path, dataset: str) -> np.ndarray:
     return normalize_images(to_dataset_format(load_grayscale(path), dataset)[np.newaxis])[0]
 
 
+def pipeline_shift_pixels(dataset: str) -> int:
+    """The evaluate stage's test-time shifts for `dataset` from ./params.yaml, else 0."""
+    if not PARAMS_FILE.is_file():
+        return 0  # outside the project (a model fetched from the registry): one view
+    return load_params().evaluate_for(dataset).test_time_shift_pixels
+
+
 def top_classes(probabilities: np.ndarray, class_names: tuple[str, ...], top: int) -> list[dict]:
     order = np.argsort(-probabilities, kind="stable")[:top]
     return [
@@ -160,8 +169,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", type=Path, help="a .keras file (default models/<dataset>.keras)")
     parser.add_argument("--top", type=int, default=3, help="how many classes to list (3)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+    parser.add_argument(
+        "--test-time-shift-pixels",
+        type=int,
+        choices=range(4),
+        metavar="N",
+        help="average over the image shifted by up to ±N px (default: the dataset's "
+        "evaluate setting in ./params.yaml, as the evaluate stage scores it; 0 without one)",
+    )
     args = parser.parse_args(argv)
     spec = get_spec(args.dataset)
+    shifts = args.test_time_shift_pixels
+    if shifts is None:
+        try:
+            shifts = pipeline_shift_pixels(spec.key)
+        except ValueError as error:  # ParamsError included
+            print(
+                f"predict: {error}\npredict: fix params.yaml or pass --test-time-shift-pixels",
+                file=sys.stderr,
+            )
+            return 2
 
     # Read every image first: a bad file is reported and the rest are still predicted.
     results: list[dict] = []
@@ -175,14 +202,15 @@ def main(argv: list[str] | None = None) -> int:
             results.append({"path": str(path), "error": str(error)})
 
     if batch:
-        from mnist_cnn.evaluation import load_trained_model  # TensorFlow loads only when needed
+        # TensorFlow loads only when there is something to predict.
+        from mnist_cnn.evaluation import load_trained_model, predict_probabilities
 
         try:
             model = load_trained_model(spec.key, args.model)
         except (FileNotFoundError, ValueError) as error:
             print(f"predict: cannot load the model: {error}", file=sys.stderr)
             return 2
-        probabilities = model.predict(np.stack(batch), verbose=0)
+        probabilities = predict_probabilities(model, np.stack(batch), PREDICT_BATCH, shifts)
         for row, probs in zip(batch_rows, probabilities, strict=True):
             results[row]["predictions"] = top_classes(probs, spec.class_names, args.top)
 

@@ -22,6 +22,8 @@ from mnist_cnn.evaluation import (
     cross_entropy,
     load_trained_model,
     most_confident_mistakes,
+    predict_probabilities,
+    shift_offsets,
 )
 from mnist_cnn.figures import plot_confusion_matrix, plot_image_grid
 from mnist_cnn.params import load_params
@@ -29,14 +31,19 @@ from mnist_cnn.params import load_params
 
 def main(argv: list[str] | None = None) -> int:
     spec = spec_from_command_line(argv, description=__doc__.splitlines()[0])
-    settings = load_params().evaluate
+    settings = load_params().evaluate_for(spec.key)
     paths = DatasetPaths(spec.key)
 
-    # Predict the test split with the trained model.
+    # Predict the test split with the trained model (averaged over shifted views if
+    # test-time augmentation is on), and the validation split the same way: settings
+    # such as the shifts are chosen on validation accuracy, never on the test's.
     model = load_trained_model(spec.key)
     x_test, y_test = load_split(spec.key, "test")
-    probabilities = model.predict(x_test, batch_size=settings.batch_size, verbose=0)
+    x_val, y_val = load_split(spec.key, "val")
+    shifts, batch_size = settings.test_time_shift_pixels, settings.batch_size
+    probabilities = predict_probabilities(model, x_test, batch_size, shifts)
     y_true, y_pred = y_test.argmax(axis=1), probabilities.argmax(axis=1)
+    val_pred = predict_probabilities(model, x_val, batch_size, shifts).argmax(axis=1)
 
     # Scores: overall (metrics) and per class (a bar chart in `dvc plots`).
     summary, per_class = classification_metrics(y_true, y_pred, spec.class_names)
@@ -44,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         "loss": round(cross_entropy(y_test, probabilities), DIGITS),
         **summary,
         "test_samples": len(y_true),
+        "val_accuracy": round(float(np.mean(val_pred == y_val.argmax(axis=1))), DIGITS),
     }
     write_json(paths.test_metrics, metrics)
     write_csv(paths.per_class, per_class, index=True)
@@ -75,7 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         f"[evaluate] {spec.title}: test accuracy {metrics['accuracy']:.4f}, "
-        f"loss {metrics['loss']:.4f} on {len(y_true)} images"
+        f"loss {metrics['loss']:.4f} on {len(y_true)} images, "
+        f"{len(shift_offsets(shifts))} view(s) each; validation accuracy "
+        f"{metrics['val_accuracy']:.4f}"
     )
     return 0
 

@@ -8,7 +8,6 @@ import pytest
 import yaml
 
 from mnist_cnn.bench import (
-    BATCH_SIZE,
     KERAS_IO_PRESET,
     PREVIOUS_DEFAULT,
     STAGE_SPEED,
@@ -16,12 +15,13 @@ from mnist_cnn.bench import (
     forward_flops,
     images_per_second,
     preset_params_file,
+    time_to_accuracy,
     validate_overlay,
 )
-from mnist_cnn.input_pipeline import training_dataset
+from mnist_cnn.input_pipeline import augments, training_dataset
 from mnist_cnn.model import build_model, compile_model
-from mnist_cnn.params import AugmentParams, ModelParams, Params, TrainParams, load_params
-from mnist_cnn.peer import keras_io_convnet, published_inputs
+from mnist_cnn.params import ModelParams, Params, TrainParams, load_params
+from mnist_cnn.peer import BATCH_SIZE, keras_io_convnet, published_inputs
 from tests.conftest import PROJECT_ROOT
 
 
@@ -62,25 +62,28 @@ def test_preset_keys_exist_in_params():
             assert set(value) == set(fields[key].annotation.model_fields)
 
 
-def test_preset_trains_like_the_published_script():
+def preset_train() -> TrainParams:
+    """The train section the bench's stage process reads (the preset over params.yaml)."""
     raw = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
-    preset = Params.model_validate(preset_params_file(raw, "mnist", epochs=2)).train_for("mnist")
+    return Params.model_validate(preset_params_file(raw, "mnist", epochs=2)).train_for("mnist")
+
+
+def test_preset_trains_like_the_published_script():
+    preset = preset_train()
     ours = compile_model(build_model(preset.model, (28, 28, 1), 10), preset, 100)
     theirs = keras_io_convnet()
     assert type(ours.optimizer) is type(theirs.optimizer)
     assert float(ours.optimizer.learning_rate) == float(theirs.optimizer.learning_rate)
     assert ours.loss.get_config()["label_smoothing"] == 0.0
     # The published script feeds the images as they are: no augmentation on our side either.
-    assert not preset.augment.shift_pixels and not preset.augment.horizontal_flip
+    assert not augments(preset.augment)
 
 
 def test_images_per_second_times_every_contender_in_turns():
     rng = np.random.default_rng(0)
     x = rng.random((4 * BATCH_SIZE, 28, 28, 1), dtype=np.float32)
     y = keras.utils.to_categorical(rng.integers(0, 10, len(x)), 10)
-    data = training_dataset(
-        x, y, BATCH_SIZE, 0, AugmentParams(shift_pixels=0, horizontal_flip=False)
-    )
+    data = training_dataset(x, y, BATCH_SIZE, 0, preset_train().augment)
     speeds = images_per_second(
         {"one": (keras_io_convnet(), data), "two": (keras_io_convnet(), data)},
         steps=2,
@@ -139,3 +142,17 @@ def test_time_to_targets_records_first_crossings_and_stops_when_all_reached():
     unreached.on_epoch_begin(0)
     unreached.on_epoch_end(0, {"val_accuracy": 0.5})
     assert "99.0% not reached" in unreached.describe()
+
+
+def test_time_to_accuracy_trains_through_the_stage_fit_and_stops_at_the_targets():
+    """Separable toy data: the targets are met, and training stops there, not at `epochs`."""
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 10, 640)
+    images = np.zeros((640, 28, 28, 1), np.float32)
+    images[np.arange(640), 2 * labels + 4, 14, 0] = 1.0  # class = row of one bright pixel
+    y = np.eye(10, dtype=np.float32)[labels]
+    train = preset_train().model_copy(update={"epochs": 30, "batch_size": 32})
+    data = {"train": (images[:512], y[:512]), "val": (images[512:], y[512:])}
+    timer = time_to_accuracy(train, 0, data, (0.5, 0.9))
+    assert set(timer.reached) == {0.5, 0.9}
+    assert timer.epochs_run == max(epoch for _, epoch in timer.reached.values()) < 30

@@ -8,11 +8,27 @@ import tensorflow as tf
 
 from mnist_cnn.input_pipeline import (
     augment_batch,
+    erase_rectangles,
     evaluation_dataset,
+    rotate_and_zoom,
     shift_images,
     training_dataset,
 )
-from mnist_cnn.params import AugmentParams
+from mnist_cnn.params import AugmentParams, ErasingParams
+
+NO_ERASING = ErasingParams(probability=0.0, min_area=0.02, max_area=0.4, max_aspect_ratio=3.3)
+
+
+def augmentation(
+    shift: int = 0, flip: bool = False, erase: float = 0.0, rotate: float = 0.0, zoom: float = 0.0
+) -> AugmentParams:
+    return AugmentParams(
+        shift_pixels=shift,
+        horizontal_flip=flip,
+        rotation_degrees=rotate,
+        zoom=zoom,
+        random_erasing=NO_ERASING.model_copy(update={"probability": erase}),
+    )
 
 
 def images_with_a_dot(count: int) -> np.ndarray:
@@ -39,9 +55,9 @@ def test_shift_moves_whole_pixels_and_fills_with_black():
 
 def test_augment_stays_within_the_shift_and_is_a_function_of_the_seed():
     images = tf.constant(images_with_a_dot(64))
-    first = augment_batch(images, tf.constant([7, 1], tf.int64), 2, horizontal_flip=False)
-    again = augment_batch(images, tf.constant([7, 1], tf.int64), 2, horizontal_flip=False)
-    other = augment_batch(images, tf.constant([8, 1], tf.int64), 2, horizontal_flip=False)
+    first = augment_batch(images, tf.constant([7, 1], tf.int64), augmentation(shift=2))
+    again = augment_batch(images, tf.constant([7, 1], tf.int64), augmentation(shift=2))
+    other = augment_batch(images, tf.constant([8, 1], tf.int64), augmentation(shift=2))
     np.testing.assert_array_equal(first, again)
     assert not np.array_equal(first, other)
     rows, cols = zip(*dot_positions(first), strict=True)
@@ -51,9 +67,9 @@ def test_augment_stays_within_the_shift_and_is_a_function_of_the_seed():
 def test_flips_only_when_asked():
     images = tf.constant(images_with_a_dot(64))
     seed = tf.constant([3, 1], tf.int64)
-    unflipped = dot_positions(augment_batch(images, seed, 0, horizontal_flip=False))
+    unflipped = dot_positions(augment_batch(images, seed, augmentation()))
     assert set(unflipped) == {(10, 12)}
-    flipped = dot_positions(augment_batch(images, seed, 0, horizontal_flip=True))
+    flipped = dot_positions(augment_batch(images, seed, augmentation(flip=True)))
     assert set(flipped) == {(10, 12), (10, 15)}  # column 12 mirrors to 27 - 12
 
 
@@ -65,7 +81,7 @@ def test_training_dataset_reproducible_and_new_each_epoch():
     rng = np.random.default_rng(0)
     images = rng.random((50, 28, 28, 1), dtype=np.float32)
     labels = np.eye(10, dtype=np.float32)[rng.integers(0, 10, 50)]
-    augment = AugmentParams(shift_pixels=2, horizontal_flip=True)
+    augment = augmentation(shift=2, flip=True, erase=0.5)
 
     dataset = training_dataset(images, labels, 16, seed=5, augment=augment)
     epoch1, epoch2 = epoch_batches(dataset), epoch_batches(dataset)
@@ -78,9 +94,7 @@ def test_training_dataset_reproducible_and_new_each_epoch():
     ):
         np.testing.assert_array_equal(ours, theirs)
 
-    plain = training_dataset(
-        images, labels, 50, seed=5, augment=AugmentParams(shift_pixels=0, horizontal_flip=False)
-    )
+    plain = training_dataset(images, labels, 50, seed=5, augment=augmentation())
     ((batch, batch_labels),) = [(x.numpy(), y.numpy()) for x, y in plain]
     # Without augmentation the epoch is a permutation of the data, labels kept with images.
     order = [int(np.flatnonzero((images == image).all(axis=(1, 2, 3)))[0]) for image in batch]
@@ -100,8 +114,70 @@ def test_evaluation_dataset_keeps_order():
     )
 
 
+def test_rotation_turns_about_the_centre_and_zoom_scales():
+    dots = tf.constant(images_with_a_dot(2))
+    same = rotate_and_zoom(dots, tf.constant([0.0, 0.0]), tf.constant([1.0, 1.0]))
+    np.testing.assert_array_equal(same, dots)
+    # A quarter turn counter-clockwise as displayed: the dot 1.5 px left of and 3.5 px
+    # above the centre (13.5, 13.5) ends 3.5 px left of and 1.5 px below it.
+    turned = rotate_and_zoom(dots, tf.constant([np.pi / 2, -np.pi / 2]), tf.constant([1.0, 1.0]))
+    assert dot_positions(turned.numpy().round(4)) == [(15, 10), (12, 17)]
+    square = np.zeros((2, 28, 28, 1), np.float32)
+    square[:, 9:19, 9:19] = 1.0  # 10 x 10, centred
+    scaled = rotate_and_zoom(tf.constant(square), tf.constant([0.0, 0.0]), tf.constant([1.2, 0.8]))
+    areas = scaled.numpy().sum(axis=(1, 2, 3))
+    np.testing.assert_allclose(areas, [144, 64], rtol=0.1)
+
+
+def test_rotation_and_zoom_draws_stay_in_range():
+    images = np.zeros((256, 28, 28, 1), np.float32)
+    images[:, 3, 13, 0] = 1.0  # far from the centre, so a turn moves it by pixels
+    images = tf.constant(images)
+    seed = tf.constant([5, 1], tf.int64)
+    out = augment_batch(images, seed, augmentation(rotate=10, zoom=0.1)).numpy()
+    again = augment_batch(images, seed, augmentation(rotate=10, zoom=0.1))
+    np.testing.assert_array_equal(out, again)
+    centre = np.array([13.5, 13.5])
+    dot = np.array([3, 13]) - centre  # (row, col) offset from the centre, 10.5 px long
+    radius = np.linalg.norm(dot)
+    angles = []
+    for image in out[..., 0]:
+        where = np.argwhere(image > 0)
+        offset = (where * image[image > 0][:, None]).sum(axis=0) / image.sum() - centre
+        # Zoom moves the dot along its radius by at most 10 % (plus bilinear's half pixel).
+        assert 0.9 * radius - 0.5 <= np.linalg.norm(offset) <= 1.1 * radius + 0.5
+        cosine = offset @ dot / (np.linalg.norm(offset) * radius)
+        angles.append(np.degrees(np.arccos(min(cosine, 1.0))))
+    # Turned by at most 10° (half a pixel of sampling at 10 px is ~3°), and really turned.
+    assert max(angles) <= 13 and np.percentile(angles, 75) > 4
+
+
+def test_erasing_blanks_one_rectangle_in_the_asked_share_of_images():
+    count = 2000
+    images = tf.ones((count, 28, 28, 1))
+    erasing = NO_ERASING.model_copy(update={"probability": 0.5})
+    seed = tf.constant([4, 2], tf.int64)
+    erased = erase_rectangles(images, seed, erasing).numpy()[..., 0]
+    np.testing.assert_array_equal(erased, erase_rectangles(images, seed, erasing).numpy()[..., 0])
+    blank = erased == 0
+    touched = blank.any(axis=(1, 2))
+    assert 0.45 < touched.mean() < 0.55  # ~probability of the images, binomial spread ~0.011
+    for image in blank[touched]:
+        rows, cols = np.flatnonzero(image.any(axis=1)), np.flatnonzero(image.any(axis=0))
+        # One solid rectangle: its bounding box is all black, nothing else is.
+        assert image.sum() == len(rows) * len(cols)
+        assert np.ptp(rows) + 1 == len(rows) and np.ptp(cols) + 1 == len(cols)
+    area = blank[touched].sum(axis=(1, 2)) / (28 * 28)
+    # Area is drawn in [0.02, 0.4], then sides are rounded and clipped to the image.
+    assert area.min() >= 0.005 and area.max() <= 0.5 and 0.15 < area.mean() < 0.25
+    never = erase_rectangles(images, seed, NO_ERASING).numpy()
+    assert (never == 1).all()
+
+
 @pytest.mark.parametrize("shift", [0, 3])
 def test_shapes_and_dtypes_survive(shift):
     images = tf.constant(images_with_a_dot(4))
-    out = augment_batch(images, tf.constant([1, 2], tf.int64), shift, horizontal_flip=True)
+    out = augment_batch(
+        images, tf.constant([1, 2], tf.int64), augmentation(shift=shift, flip=True, erase=0.5)
+    )
     assert out.shape == images.shape and out.dtype == tf.float32

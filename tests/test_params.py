@@ -114,6 +114,27 @@ def test_per_dataset_override_is_merged_and_validated(params):
         validate_params(with_value(params, "datasets.mnist.train", {"epochs": 0}))
 
 
+def test_per_dataset_evaluate_override(params):
+    changed = with_value(params, "datasets.mnist.evaluate", {"test_time_shift_pixels": 2})
+    loaded = validate_params(changed)
+    assert loaded.evaluate_for("mnist").test_time_shift_pixels == 2
+    assert loaded.evaluate_for("mnist").batch_size == params["evaluate"]["batch_size"]
+    assert loaded.evaluate_for("fashion_mnist") == validate_params(params).evaluate_for(
+        "fashion_mnist"
+    )
+    with pytest.raises(
+        ParamsError, match=r"datasets.mnist.evaluate.test_time_shift_pixels = 9 is not allowed"
+    ):
+        validate_params(
+            with_value(params, "datasets.mnist.evaluate", {"test_time_shift_pixels": 9})
+        )
+    # dvc.yaml names both keys as params of the dataset's stages, so both must be there.
+    without = copy.deepcopy(params)
+    del without["datasets"]["mnist"]["evaluate"]
+    with pytest.raises(ParamsError, match=r"datasets.mnist must hold exactly `train: \{...\}`"):
+        validate_params(without)
+
+
 def test_every_problem_is_listed_one_per_line(params):
     broken = with_value(with_value(params, "seed", -1), "train.optimizer", "sgd")
     with pytest.raises(ParamsError) as raised:

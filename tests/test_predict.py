@@ -9,8 +9,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mnist_cnn.predict import ImageError, load_grayscale, prepare_image, to_dataset_format
+from mnist_cnn.predict import (
+    ImageError,
+    load_grayscale,
+    main,
+    pipeline_shift_pixels,
+    prepare_image,
+    to_dataset_format,
+)
 from mnist_cnn.preprocessing import normalize_images
+from tests.conftest import PROJECT_ROOT
 
 
 def digit_like(rng) -> np.ndarray:
@@ -137,3 +145,19 @@ def test_unreadable_files_name_the_problem(tmp_path):
     (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
     with pytest.raises(ImageError, match="corrupt image"):
         load_grayscale(tmp_path / "cut.png")
+
+
+def test_test_time_shifts_follow_the_pipeline_params(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert pipeline_shift_pixels("fashion_mnist") == 0  # no params.yaml: one view
+    raw = (PROJECT_ROOT / "params.yaml").read_text()
+    (tmp_path / "params.yaml").write_text(raw)
+    expected = {"mnist": 0, "fashion_mnist": 1}  # the committed evaluate settings
+    assert {key: pipeline_shift_pixels(key) for key in expected} == expected
+    (tmp_path / "params.yaml").write_text(
+        raw.replace("test_time_shift_pixels: 1", "test_time_shift_pixels: 7")
+    )
+    assert main(["--dataset", "fashion_mnist", str(tmp_path / "shoe.png")]) == 2
+    error = capsys.readouterr().err
+    assert "datasets.fashion_mnist.evaluate.test_time_shift_pixels = 7" in error
+    assert "pass --test-time-shift-pixels" in error
