@@ -15,6 +15,19 @@ import tensorflow as tf
 from mnist_cnn.params import AugmentParams, ErasingParams
 
 
+def _transform(images: tf.Tensor, transforms: tf.Tensor, interpolation: str) -> tf.Tensor:
+    """One projective transform per image (rows of 8 coefficients mapping each output
+    pixel to its input pixel), same size out, black fill."""
+    return tf.raw_ops.ImageProjectiveTransformV3(
+        images=images,
+        transforms=transforms,
+        output_shape=tf.shape(images)[1:3],
+        fill_value=0.0,
+        interpolation=interpolation,
+        fill_mode="CONSTANT",
+    )
+
+
 def shift_images(images: tf.Tensor, offsets: tf.Tensor) -> tf.Tensor:
     """Translate each image by whole pixels (offsets[i] = (dx, dy)), filling with 0.
 
@@ -28,14 +41,7 @@ def shift_images(images: tf.Tensor, offsets: tf.Tensor) -> tf.Tensor:
     transforms = tf.stack(
         [ones, zeros, -offsets[:, 0], zeros, ones, -offsets[:, 1], zeros, zeros], axis=1
     )
-    return tf.raw_ops.ImageProjectiveTransformV3(
-        images=images,
-        transforms=transforms,
-        output_shape=tf.shape(images)[1:3],
-        fill_value=0.0,
-        interpolation="NEAREST",
-        fill_mode="CONSTANT",
-    )
+    return _transform(images, transforms, "NEAREST")
 
 
 def rotate_and_zoom(images: tf.Tensor, angles: tf.Tensor, scales: tf.Tensor) -> tf.Tensor:
@@ -61,14 +67,7 @@ def rotate_and_zoom(images: tf.Tensor, angles: tf.Tensor, scales: tf.Tensor) -> 
         ],
         axis=1,
     )
-    return tf.raw_ops.ImageProjectiveTransformV3(
-        images=images,
-        transforms=transforms,
-        output_shape=tf.shape(images)[1:3],
-        fill_value=0.0,
-        interpolation="BILINEAR",
-        fill_mode="CONSTANT",
-    )
+    return _transform(images, transforms, "BILINEAR")
 
 
 def erase_rectangles(images: tf.Tensor, seed: tf.Tensor, erasing: ErasingParams) -> tf.Tensor:
