@@ -134,20 +134,9 @@ def augment_batch(images: tf.Tensor, seed: tf.Tensor, augment: AugmentParams) ->
     if augment.horizontal_flip:
         flip = tf.random.stateless_uniform((count, 1, 1, 1), flip_seed) < 0.5
         images = tf.where(flip, tf.reverse(images, axis=[2]), images)
-    if augment.random_erasing.probability:
+    if augment.random_erasing:
         images = erase_rectangles(images, erase_seed, augment.random_erasing)
     return images
-
-
-def augments(augment: AugmentParams) -> bool:
-    """Whether `augment` changes any image at all."""
-    return bool(
-        augment.shift_pixels
-        or augment.horizontal_flip
-        or augment.rotation_degrees
-        or augment.zoom
-        or augment.random_erasing.probability
-    )
 
 
 def _with_options(dataset: tf.data.Dataset) -> tf.data.Dataset:
@@ -173,7 +162,7 @@ def training_dataset(
     dataset = tf.data.Dataset.from_tensor_slices((images, labels))
     dataset = dataset.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
     dataset = dataset.batch(batch_size)
-    if augments(augment):
+    if augment.changes_images():
         # One int64 per batch, a new sequence each epoch, the same sequence each run.
         seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
         dataset = tf.data.Dataset.zip(dataset, seeds).map(

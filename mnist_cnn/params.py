@@ -101,6 +101,10 @@ class ErasingParams(Section):
             )
         return self
 
+    def __bool__(self) -> bool:
+        """On when it erases anything, so it reads like the other augmentation switches."""
+        return self.probability > 0
+
 
 class AugmentParams(Section):
     shift_pixels: int = Field(ge=0, le=8, description="random shift of up to ± this many pixels")
@@ -112,6 +116,23 @@ class AugmentParams(Section):
         ge=0, lt=1, description="random scale in [1 - zoom, 1 + zoom] about the centre (0 = off)"
     )
     random_erasing: ErasingParams
+
+    # Convention: each field is one augmentation, off at its type's zero (0, 0.0, false; a
+    # nested section at probability 0). Both methods rely on it, so a new augmentation
+    # needs no list of its own here (tests/test_params.py checks every field).
+    def changes_images(self) -> bool:
+        """Whether any augmentation is on."""
+        return any(getattr(self, name) for name in type(self).model_fields)
+
+    @classmethod
+    def all_off(cls) -> dict:
+        """A params overlay that switches every augmentation off."""
+        return {
+            name: {"probability": 0.0}
+            if isinstance(field.annotation, type) and issubclass(field.annotation, Section)
+            else field.annotation()
+            for name, field in cls.model_fields.items()
+        }
 
 
 class ModelParams(Section):

@@ -31,12 +31,14 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+from pydantic import TypeAdapter, ValidationError
 
 from mnist_cnn.datasets import DATASETS, IMAGE_SHAPE, get_spec
-from mnist_cnn.params import PARAMS_FILE, load_params
+from mnist_cnn.params import PARAMS_FILE, EvaluateParams, load_params
 from mnist_cnn.preprocessing import normalize_images
 
 # Longer side of the object after fitting, per dataset (see step 6 above).
@@ -153,6 +155,20 @@ def pipeline_shift_pixels(dataset: str) -> int:
     return load_params().evaluate_for(dataset).test_time_shift_pixels
 
 
+def shift_pixels_argument(text: str) -> int:
+    """--test-time-shift-pixels, held to the bounds of params.yaml's setting (one place)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    field = EvaluateParams.model_fields["test_time_shift_pixels"]
+    try:
+        return TypeAdapter(Annotated[int, field]).validate_python(value)
+    except ValidationError as error:
+        rule = error.errors()[0]["msg"].lower()
+        raise argparse.ArgumentTypeError(f"{value} is not allowed: {rule}") from None
+
+
 def top_classes(probabilities: np.ndarray, class_names: tuple[str, ...], top: int) -> list[dict]:
     order = np.argsort(-probabilities, kind="stable")[:top]
     return [
@@ -171,8 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     parser.add_argument(
         "--test-time-shift-pixels",
-        type=int,
-        choices=range(4),
+        type=shift_pixels_argument,
         metavar="N",
         help="average over the image shifted by up to ±N px (default: the dataset's "
         "evaluate setting in ./params.yaml, as the evaluate stage scores it; 0 without one)",

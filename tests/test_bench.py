@@ -18,7 +18,7 @@ from mnist_cnn.bench import (
     time_to_accuracy,
     validate_overlay,
 )
-from mnist_cnn.input_pipeline import augments, training_dataset
+from mnist_cnn.input_pipeline import training_dataset
 from mnist_cnn.model import build_model, compile_model
 from mnist_cnn.params import ModelParams, Params, TrainParams, load_params
 from mnist_cnn.peer import BATCH_SIZE, keras_io_convnet, published_inputs
@@ -76,7 +76,7 @@ def test_preset_trains_like_the_published_script():
     assert float(ours.optimizer.learning_rate) == float(theirs.optimizer.learning_rate)
     assert ours.loss.get_config()["label_smoothing"] == 0.0
     # The published script feeds the images as they are: no augmentation on our side either.
-    assert not augments(preset.augment)
+    assert not preset.augment.changes_images()
 
 
 def test_images_per_second_times_every_contender_in_turns():
@@ -124,6 +124,15 @@ def test_previous_default_is_a_valid_recipe_that_differs_from_today():
     current = load_params(PROJECT_ROOT / "params.yaml")
     for key in ("mnist", "fashion_mnist"):
         assert previous.train_for(key).model_dump() != current.train_for(key).model_dump(), key
+    # Its augmentation: ±2 px shifts, and flips for clothes; nothing else.
+    on = {
+        key: {k: v for k, v in previous.train_for(key).augment if v}
+        for key in ("mnist", "fashion_mnist")
+    }
+    assert on == {
+        "mnist": {"shift_pixels": 2},
+        "fashion_mnist": {"shift_pixels": 2, "horizontal_flip": True},
+    }
 
 
 def test_time_to_targets_records_first_crossings_and_stops_when_all_reached():

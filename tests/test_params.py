@@ -9,7 +9,13 @@ import sys
 import pytest
 import yaml
 
-from mnist_cnn.params import ParamsError, load_params, validate_params
+from mnist_cnn.params import (
+    AugmentParams,
+    ParamsError,
+    deep_merge,
+    load_params,
+    validate_params,
+)
 from tests.conftest import PROJECT_ROOT
 
 
@@ -149,6 +155,27 @@ def test_params_are_read_through_attributes_and_are_immutable(params):
     assert loaded.train_for("mnist").model.conv_filters == params["train"]["model"]["conv_filters"]
     with pytest.raises(ValueError, match="frozen"):
         loaded.train.epochs = 3
+
+
+# One value that switches each augmentation on (a new field fails the test until added).
+AUGMENTATION_ON = {
+    "shift_pixels": 1,
+    "horizontal_flip": True,
+    "rotation_degrees": 5.0,
+    "zoom": 0.1,
+    "random_erasing": {"probability": 0.5},
+}
+
+
+def test_all_off_switches_every_augmentation_off_and_each_one_counts(params):
+    def augment_with(overlay: dict) -> AugmentParams:
+        return AugmentParams.model_validate(deep_merge(params["train"]["augment"], overlay))
+
+    assert set(AUGMENTATION_ON) == set(AugmentParams.model_fields)
+    off = AugmentParams.all_off()
+    assert not augment_with(off).changes_images()
+    for name, value in AUGMENTATION_ON.items():
+        assert augment_with({**off, name: value}).changes_images(), name
 
 
 def test_load_reports_missing_file(tmp_path):

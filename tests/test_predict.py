@@ -161,3 +161,14 @@ def test_test_time_shifts_follow_the_pipeline_params(tmp_path, monkeypatch, caps
     error = capsys.readouterr().err
     assert "datasets.fashion_mnist.evaluate.test_time_shift_pixels = 7" in error
     assert "pass --test-time-shift-pixels" in error
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [("4", "4 is not allowed: input should be less than or equal to 3"), ("one", "whole number")],
+)
+def test_shift_flag_is_held_to_the_params_bounds(value, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--dataset", "mnist", "any.png", "--test-time-shift-pixels", value])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
