@@ -14,7 +14,7 @@ repro: setup          ## run the whole pipeline (both datasets)
 	dvc repro
 	dvc metrics show
 
-test:                 ## set up (incl. Chromium where possible), then the whole suite (7-8 min)
+test:                 ## set up (incl. Chromium where possible), then the whole suite (7-9 min)
 	@bash scripts/setup.sh --for-tests
 	python -m pytest
 
