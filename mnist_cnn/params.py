@@ -49,6 +49,11 @@ class Section(BaseModel):
 SectionT = TypeVar("SectionT", bound=Section)
 
 
+def section_type(annotation: Any) -> type[Section] | None:
+    """The section model a field holds, or None for a leaf value."""
+    return annotation if isinstance(annotation, type) and issubclass(annotation, Section) else None
+
+
 class DownloadParams(Section):
     local_dir: str = Field(
         description="directory with the four `.gz` files, tried first "
@@ -128,9 +133,7 @@ class AugmentParams(Section):
     def all_off(cls) -> dict:
         """A params overlay that switches every augmentation off."""
         return {
-            name: {"probability": 0.0}
-            if isinstance(field.annotation, type) and issubclass(field.annotation, Section)
-            else field.annotation()
+            name: {"probability": 0.0} if section_type(field.annotation) else field.annotation()
             for name, field in cls.model_fields.items()
         }
 
@@ -329,7 +332,7 @@ def deep_merge(base: dict, override: dict) -> dict:
     return merged
 
 
-def _schema_at(path: tuple) -> type[BaseModel] | None:
+def _schema_at(path: tuple) -> type[Section] | None:
     """The section model found at a location of the schema (None past a leaf)."""
     model: Any = Params
     for part in path:
@@ -337,7 +340,7 @@ def _schema_at(path: tuple) -> type[BaseModel] | None:
         if field is None:
             return None
         model = field.annotation
-    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+    return section_type(model)
 
 
 def _has_path(node: Any, path: tuple) -> bool:
@@ -417,9 +420,9 @@ def reference_rows(raw: dict, model: type[BaseModel] = Params, prefix: str = "")
     for name, field in model.model_fields.items():
         key = f"{prefix}{name}"
         value = raw.get(name) if isinstance(raw, dict) else None
-        annotation = field.annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            rows += reference_rows(value or {}, annotation, f"{key}.")
+        section = section_type(field.annotation)
+        if section:
+            rows += reference_rows(value or {}, section, f"{key}.")
             continue
         shown = yaml.safe_dump(value, default_flow_style=True, width=1000).strip()
         shown = shown.removesuffix("...").strip().replace("|", "\\|")
