@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # Stage commands in dvc.yaml call `python`: put the venv first on PATH.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup repro test test-fast lint format bench compare restore lock clean-venv
+.PHONY: setup repro test test-fast lint format bench compare seed-study restore lock clean-venv
 
 setup:
 	@bash scripts/setup.sh
@@ -35,6 +35,13 @@ bench: setup          ## the keras.io convnet as published vs our train stage, t
 
 compare: setup        ## the experiments of HEAD side by side (table; PNG with PNG=file.png)
 	mnist-cnn-compare $(if $(PNG),--png $(PNG))
+
+# The seed study: the committed params once per seed, through DVC's queue (each run in its
+# own temporary workspace; the run-cache shares what seeds have in common). Hours on 2 cores.
+SEEDS ?= 42,1,2,3,4
+seed-study: setup     ## queue the committed params once per seed in SEEDS, run 2 at a time
+	dvc exp run --queue -S 'seed=$(SEEDS)'
+	dvc queue start -j 2
 
 restore: setup        ## after a failed run: params and results back as committed
 	git checkout HEAD -- params.yaml dvc.lock metrics plots

@@ -207,8 +207,9 @@ class TrainParams(Section):
     epochs: PositiveInt = Field(description="epochs; the cosine schedule spans them all")
     batch_size: PositiveInt = Field(description="per replica (one replica unless distributed)")
     precision: Literal["float32", "mixed_bfloat16", "auto"] = Field(
-        description="`auto`: mixed_bfloat16 where it trains faster (a CPU with AMX, GPUs "
-        "from Ampere on), else float32"
+        description="float32 (default: the same arithmetic on every machine); "
+        "mixed_bfloat16 opts in to bfloat16 math; `auto` picks it where it trains faster "
+        "(a CPU with AMX, GPUs from Ampere on), so results then depend on the machine"
     )
     optimizer: Literal["adam", "adamw"] = Field(
         description="Adam, or AdamW (decoupled weight decay)"

@@ -1,13 +1,17 @@
-"""Where and how training runs: number precision and tf.distribute strategy.
+"""Where and how training runs: number precision, tf.distribute strategy, and a record of
+the machine.
 
-Both are chosen from params (`train.precision`, `train.distribution`) before any model
-exists, because Keras reads the dtype policy and the strategy scope when layers are built.
+Precision and strategy are chosen from params (`train.precision`, `train.distribution`)
+before any model exists, because Keras reads the dtype policy and the strategy scope when
+layers are built. `environment()` is what the train stage records beside its metrics, so
+that `dvc metrics diff` shows when two runs ran on different hardware or libraries.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import platform
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,16 +29,58 @@ BF16_CPU_FLAGS = ("amx_bf16",)
 BF16_GPU_CAPABILITY = (8, 0)
 
 
-def cpu_flags(cpuinfo: Path = CPUINFO) -> set[str]:
-    """The feature flags the kernel reports for the first CPU (empty off Linux)."""
+# Instruction-set extensions that decide which oneDNN/Eigen kernels run, and so the exact
+# float results: two CPUs that differ here round differently (x86 `flags`; aarch64
+# `Features`).
+KERNEL_CPU_FLAGS = (
+    "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16",
+    "amx_tile", "amx_bf16", "amx_int8",
+    "asimd", "sve", "sve2", "bf16", "i8mm",
+)  # fmt: skip
+
+
+def _cpuinfo_field(names: tuple[str, ...], cpuinfo: Path) -> str | None:
+    """The first CPU's value of the first field in `names` (None off Linux)."""
     try:
         text = cpuinfo.read_text()
     except OSError:
-        return set()
+        return None
     for line in text.splitlines():
-        if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
+        key, _, value = line.partition(":")
+        if key.strip() in names:
+            return value.strip()
+    return None
+
+
+def cpu_flags(cpuinfo: Path = CPUINFO) -> set[str]:
+    """The feature flags the kernel reports for the first CPU (empty off Linux)."""
+    return set((_cpuinfo_field(("flags", "Features"), cpuinfo) or "").split())
+
+
+def environment(policy: str, threads: ThreadParams, cpuinfo: Path = CPUINFO) -> dict:
+    """What decides a run's exact numbers besides code, data and params.
+
+    Same values, same results (bit for bit); any difference here moves results within
+    the spread over seeds (docs/results.md). No clock, no host name: a rerun on the same
+    machine writes the same bytes.
+    """
+    import numpy as np
+
+    return {
+        "cpu": _cpuinfo_field(("model name",), cpuinfo) or platform.processor() or "unknown",
+        "cpu_flags": " ".join(f for f in KERNEL_CPU_FLAGS if f in cpu_flags(cpuinfo)),
+        "cpus": os.cpu_count(),
+        "gpus": len(tf.config.list_physical_devices("GPU")),
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "numpy": np.__version__,
+        # 0 = TensorFlow's default, one thread per core (`train.threads`).
+        "intra_op_threads": threads.intra_op,
+        "inter_op_threads": threads.inter_op,
+        "precision": policy,
+    }
 
 
 def gpu_supports_bfloat16() -> bool:

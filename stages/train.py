@@ -2,7 +2,8 @@
 
 Reads params `seed`, `train` and any per-dataset override in `datasets.<name>.train`.
 Writes the model, one row of metrics per epoch (history.csv, for `dvc plots`), a PNG of
-the curves and a small summary (`dvc metrics show`). Under a multi-worker strategy every
+the curves and a small summary (`dvc metrics show`), with the environment the numbers
+came from (CPU, library versions, threads, precision). Under a multi-worker strategy every
 worker trains, and only the chief writes.
 """
 
@@ -18,6 +19,7 @@ from mnist_cnn.figures import plot_training_curves
 from mnist_cnn.model import build_model, compile_model, save_model
 from mnist_cnn.params import load_params
 from mnist_cnn.runtime import (
+    environment,
     make_distribution,
     set_precision,
     set_threads,
@@ -101,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
             "selected": {
                 name: round(float(values[selected]), 6) for name, values in history.items()
             },
+            # CPU, libraries, threads: what makes another machine's numbers differ.
+            "environment": environment(policy, train.threads),
         },
     )
     write_csv(paths.history, history_table(history))

@@ -151,11 +151,10 @@ def test_closure_follows_every_kind_of_import(tmp_path):
     assert import_closure("stages.fit", tmp_path) == set(files) - {"mnist_cnn/unused.py"}
 
 
-def test_registry_meta_matches_the_code_and_the_committed_run():
-    """dvc.yaml's `artifacts:` tells consumers the class order and the test accuracy:
-    both must be what the code uses and what the committed run measured."""
-    import json
-
+def test_registry_meta_matches_the_code_and_copies_no_result():
+    """dvc.yaml's `artifacts:` tells consumers the path and class order: both must be what
+    the code uses. Results are not copied into it (they would go stale after any run):
+    a version's accuracy is its metrics file at the same revision."""
     from mnist_cnn.datasets import DATASETS
 
     registry = yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())["artifacts"]
@@ -163,8 +162,7 @@ def test_registry_meta_matches_the_code_and_the_committed_run():
         entry = registry[f"{key.replace('_', '-')}-cnn"]
         assert entry["path"] == DatasetPaths(key).model.as_posix()
         assert tuple(entry["meta"]["class_names"]) == spec.class_names
-        measured = json.loads((PROJECT_ROOT / DatasetPaths(key).test_metrics).read_text())
-        assert entry["meta"]["test_accuracy"] == measured["accuracy"]
+        assert not {"accuracy", "test_accuracy", "loss"} & set(entry["meta"])
 
 
 def test_stages_take_one_known_dataset_key(capsys):
