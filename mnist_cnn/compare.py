@@ -2,11 +2,15 @@
 
     mnist-cnn-compare                    # table: params that differ, test results per dataset
     mnist-cnn-compare --md               # the same as Markdown (or --csv)
-    mnist-cnn-compare --png sweep.png    # also a picture: validation curves and test accuracy
+    mnist-cnn-compare --by-seed          # only the seed groups: n, mean ± std, min-max
+    mnist-cnn-compare --png sweep.png    # also a picture: validation curves, test accuracy
+    mnist-cnn-compare --seed-runs F.csv  # also one row per experiment and dataset, to F.csv
 
 `dvc exp show` lists every param, metric and dependency hash (dozens of columns); this
 shows what a comparison needs: the params that differ from the baseline, then per dataset
-the test accuracy and cross-entropy and the epochs run (kept). Not a pipeline stage.
+the test accuracy and cross-entropy and the epochs run (kept). Experiments that differ
+only in `seed` form a group, summarised by n, mean ± std and min-max: a recipe beats
+another only when the gap between their means exceeds that spread. Not a pipeline stage.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from mnist_cnn.artifacts import DatasetPaths
 from mnist_cnn.datasets import DATASETS
 
 SHOWN_TYPES = ("baseline", "branch_base", "branch_commit")
+SEED_PARAM = "seed"
+COMMITTED_PARAMS = "committed params"  # the group of runs that differ from HEAD in seed only
 
 
 def shown(row: dict) -> bool:
@@ -58,15 +64,26 @@ def param_columns(rows: list[dict], sections: list[str]) -> list[str]:
     return [name for name in names if name.split(".")[0] in sections and ":" not in name]
 
 
-def comparison_table(rows: list[dict], sections: list[str]) -> pd.DataFrame:
-    """One row per experiment: params that differ from the baseline, then results."""
+def baseline_row(rows: list[dict]) -> dict:
     rows = [row for row in rows if shown(row)]
-    baseline = next((row for row in rows if row.get("typ") == "baseline"), rows[0] if rows else {})
-    changed = [
+    return next((row for row in rows if row.get("typ") == "baseline"), rows[0] if rows else {})
+
+
+def changed_params(rows: list[dict], sections: list[str]) -> list[str]:
+    """The params some shown experiment sets to another value than the baseline."""
+    baseline = baseline_row(rows)
+    rows = [row for row in rows if shown(row)]
+    return [
         name
         for name in param_columns(rows, sections)
         if any(row.get(name) != baseline.get(name) for row in rows)
     ]
+
+
+def comparison_table(rows: list[dict], sections: list[str]) -> pd.DataFrame:
+    """One row per experiment: params that differ from the baseline, then results."""
+    changed = changed_params(rows, sections)
+    rows = [row for row in rows if shown(row)]
     table = []
     for row in rows:
         entry = {"experiment": row_label(row)}
@@ -84,32 +101,128 @@ def comparison_table(rows: list[dict], sections: list[str]) -> pd.DataFrame:
     return pd.DataFrame(table)
 
 
+def group_label(row: dict, baseline: dict, changed: list[str]) -> str:
+    """The params (other than the seed) an experiment sets apart from the baseline."""
+    parts = [
+        f"{name}={param_text(row.get(name))}"
+        for name in changed
+        if name != SEED_PARAM and row.get(name) != baseline.get(name)
+    ]
+    return ", ".join(parts) or COMMITTED_PARAMS
+
+
+def seed_runs(rows: list[dict], sections: list[str]) -> pd.DataFrame:
+    """One row per finished experiment and dataset: its group, seed and results.
+
+    A group is a set of params apart from the seed. Each (group, seed) counts once: an
+    experiment over the baseline commit's own run, which may come from another machine.
+    Queued, running and failed experiments have no results yet and are left out.
+    """
+    changed, baseline = changed_params(rows, sections), baseline_row(rows)
+    records = []
+    for row in filter(shown, rows):
+        for key in DATASETS:
+            paths = DatasetPaths(key)
+            test, training = paths.test_metrics.as_posix(), paths.training_summary.as_posix()
+            accuracy = _value(row, test, "accuracy")
+            if accuracy is None:
+                continue
+            seed = row.get(SEED_PARAM)
+            records.append(
+                {
+                    "group": group_label(row, baseline, changed),
+                    "seed": None if seed is None else int(seed),
+                    "dataset": key,
+                    "experiment": row_label(row),
+                    "test_accuracy": accuracy,
+                    "val_accuracy": _value(row, test, "val_accuracy"),
+                    "test_loss": _value(row, test, "loss"),
+                    "epochs_run": _value(row, training, "epochs_run"),
+                    "selected_epoch": _value(row, training, "selected_epoch"),
+                    "cpu": _value(row, training, "environment.cpu"),
+                    "baseline": row.get("typ") == "baseline",
+                }
+            )
+    if not records:
+        return pd.DataFrame()
+    frame = pd.DataFrame(records).sort_values("baseline", kind="stable")
+    frame = frame.drop_duplicates(["group", "seed", "dataset"]).drop(columns="baseline")
+    return frame.sort_values(["group", "dataset", "seed"], kind="stable").reset_index(drop=True)
+
+
+def seed_groups(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per group and dataset: n and the mean, std (n-1), min and max of test and
+    validation accuracy over the seeds."""
+    columns = ["test_accuracy", "val_accuracy"]
+    stats = runs.groupby(["group", "dataset"], sort=False)[columns].agg(
+        ["count", "mean", "std", "min", "max"]
+    )
+    stats.columns = [f"{name.removesuffix('_accuracy')} {stat}" for name, stat in stats.columns]
+    stats = stats.rename(columns={"test count": "n"}).drop(columns="val count")
+    return stats.reset_index()
+
+
+def spread_text(mean: float, std: float, low: float, high: float) -> str:
+    """Accuracies as people read them: 99.61 ± 0.04 % (99.55-99.67)."""
+    if pd.isna(std):  # one seed: no spread yet
+        return f"{100 * mean:.2f} % (1 seed)"
+    return f"{100 * mean:.2f} ± {100 * std:.2f} % ({100 * low:.2f}–{100 * high:.2f})"
+
+
+def seed_group_table(groups: pd.DataFrame) -> pd.DataFrame:
+    """seed_groups() as text: one row per group, per dataset n and test/val spread."""
+    table: dict[str, dict[str, object]] = {}
+    for _, row in groups.iterrows():
+        entry = table.setdefault(row["group"], {"params (besides seed)": row["group"]})
+        key = row["dataset"]
+        entry[f"{key} n"] = int(row["n"])
+        for split in ("test", "val"):
+            entry[f"{key} {split} accuracy"] = spread_text(
+                row[f"{split} mean"], row[f"{split} std"], row[f"{split} min"], row[f"{split} max"]
+            )
+    return pd.DataFrame(list(table.values()))
+
+
+def short_label(group: str) -> str:
+    """A group's label for a figure: `datasets.`, `train.` and `model.` dropped."""
+    for prefix in ("datasets.", "train.", "model.", "augment."):
+        group = group.replace(prefix, "")
+    return group
+
+
 def plot_comparison(
-    table: pd.DataFrame, histories: dict[str, dict[str, pd.DataFrame]], path: Path | str
+    runs: pd.DataFrame, histories: dict[str, dict[str, pd.DataFrame]], path: Path | str
 ) -> None:
-    """Validation accuracy per epoch of every experiment, per dataset, and test accuracy."""
+    """Per dataset: validation accuracy per epoch of every experiment, and each group's
+    test accuracy over seeds (one dot per seed, the mean ± std as a bar)."""
     import matplotlib.pyplot as plt
 
     from mnist_cnn.figures import save_figure
 
     figure, axes = plt.subplots(
-        1, len(DATASETS) + 1, figsize=(5.5 * (len(DATASETS) + 1), 4), layout="constrained"
+        len(DATASETS), 2, figsize=(12, 4 * len(DATASETS)), layout="constrained", squeeze=False
     )
-    for axis, key in zip(axes, DATASETS, strict=False):
+    for (curves, spread), key in zip(axes, DATASETS, strict=True):
+        title = DATASETS[key].title
         for label, frame in histories.get(key, {}).items():
-            axis.plot(frame["epoch"], frame["val_accuracy"], marker="o", ms=2, label=label)
-        axis.set_title(f"{DATASETS[key].title}: validation accuracy")
-        axis.set_xlabel("epoch")
-        axis.grid(alpha=0.3)
-        axis.legend(fontsize=7)
-    accuracy = table.set_index("experiment")[[f"{key} accuracy" for key in DATASETS]]
-    accuracy.columns = [DATASETS[key].title for key in DATASETS]
-    accuracy.plot.barh(ax=axes[-1])
-    low = accuracy.min().min()
-    axes[-1].set_xlim(max(0.0, low - (1 - low)), 1.0)  # zoom in on the differences
-    axes[-1].set_title("test accuracy")
-    axes[-1].set_ylabel("")
-    axes[-1].legend(fontsize=7)
+            curves.plot(frame["epoch"], frame["val_accuracy"], marker="o", ms=2, label=label)
+        curves.set_title(f"{title}: validation accuracy")
+        curves.set_xlabel("epoch")
+        curves.grid(alpha=0.3)
+        if curves.lines:
+            curves.legend(fontsize=7)
+
+        own = runs[runs["dataset"] == key] if not runs.empty else runs
+        labels = list(dict.fromkeys(own["group"])) if not own.empty else []
+        for index, group in enumerate(labels):
+            values = own.loc[own["group"] == group, "test_accuracy"].astype(float)
+            spread.scatter(100 * values, [index] * len(values), s=18, alpha=0.7)
+            std = values.std() if len(values) > 1 else 0.0
+            spread.errorbar(100 * values.mean(), index, xerr=100 * std, fmt="|k", capsize=6)
+        spread.set_yticks(range(len(labels)), [short_label(g) for g in labels], fontsize=7)
+        spread.set_title(f"{title}: test accuracy per seed, mean ± std")
+        spread.set_xlabel("test accuracy (%)")
+        spread.grid(alpha=0.3, axis="x")
     save_figure(figure, path)
 
 
@@ -131,7 +244,15 @@ def main(argv: list[str] | None = None) -> int:
     output = parser.add_mutually_exclusive_group()
     output.add_argument("--md", action="store_true", help="print Markdown")
     output.add_argument("--csv", action="store_true", help="print CSV")
+    parser.add_argument(
+        "--by-seed",
+        action="store_true",
+        help="print only the groups of experiments that differ in seed alone",
+    )
     parser.add_argument("--png", type=Path, help="also draw the comparison into this PNG")
+    parser.add_argument(
+        "--seed-runs", type=Path, help="also write one CSV row per experiment and dataset here"
+    )
     parser.add_argument("--rev", default=None, help="baseline commit (default: HEAD)")
     args = parser.parse_args(argv)
 
@@ -144,12 +265,21 @@ def main(argv: list[str] | None = None) -> int:
     if table.empty:
         print("compare: no experiments found (run some with `dvc exp run`)", file=sys.stderr)
         return 1
-    if args.md:
-        print(table.to_markdown(index=False, floatfmt=".4f"))
-    elif args.csv:
-        print(table.to_csv(index=False), end="")
-    else:
-        print(table.to_string(index=False, float_format=lambda value: f"{value:.4f}"))
+    runs = seed_runs(rows, sections)
+    groups = seed_groups(runs) if not runs.empty else pd.DataFrame()
+    tables = [] if args.by_seed else [table]
+    if args.by_seed or (not args.csv and not groups.empty and (groups["n"] > 1).any()):
+        tables.append(groups if args.csv else seed_group_table(groups))
+    for shown_table in tables:
+        if args.md:
+            print(shown_table.to_markdown(index=False, floatfmt=".4f"), end="\n\n")
+        elif args.csv:
+            print(shown_table.to_csv(index=False), end="")
+        else:
+            print(shown_table.to_string(index=False, float_format=lambda v: f"{v:.4f}"), end="\n\n")
+    if args.seed_runs:
+        runs.to_csv(args.seed_runs, index=False)
+        print(f"compare: wrote {args.seed_runs}", file=sys.stderr)
     if args.png:
         from dvc.exceptions import PathMissingError
 
@@ -160,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise FileNotFoundError(path) from error
 
         histories = read_histories(rows, read)
-        plot_comparison(table, histories, args.png)
+        plot_comparison(runs, histories, args.png)
         print(f"compare: wrote {args.png}", file=sys.stderr)
     gc.collect()  # close DVC's git objects now, not noisily during interpreter shutdown
     return 0

@@ -12,7 +12,15 @@ import pandas as pd
 import pytest
 import yaml
 
-from mnist_cnn.compare import comparison_table, plot_comparison, read_histories
+from mnist_cnn.compare import (
+    COMMITTED_PARAMS,
+    comparison_table,
+    plot_comparison,
+    read_histories,
+    seed_group_table,
+    seed_groups,
+    seed_runs,
+)
 from tests.conftest import PROJECT_ROOT
 
 DATA = PROJECT_ROOT / "tests" / "data"
@@ -56,7 +64,12 @@ def test_results_come_from_the_right_files(rows, table):
     assert first["mnist epochs (kept)"] == f"{run:.0f} ({kept:.0f})"
 
 
-def test_picture_is_drawn_from_each_experiments_history(rows, table, tmp_path):
+@pytest.fixture(scope="module")
+def sections() -> list[str]:
+    return list(yaml.safe_load((DATA / "exp_params.yaml").read_text()))
+
+
+def test_picture_is_drawn_from_each_experiments_history(rows, table, sections, tmp_path):
     history = pd.DataFrame({"epoch": [1, 2, 3], "val_accuracy": [0.9, 0.95, 0.97]})
 
     def read(path: str, rev: str) -> str:
@@ -67,5 +80,63 @@ def test_picture_is_drawn_from_each_experiments_history(rows, table, tmp_path):
     histories = read_histories(rows, read)
     assert len(histories["mnist"]) == len(table)
     png = tmp_path / "compare.png"
-    plot_comparison(table, histories, png)
+    plot_comparison(seed_runs(rows, sections), histories, png)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def seeded(row: dict, seed: int, mnist: float, name: str, **params) -> dict:
+    """A recorded experiment row given another seed, MNIST accuracy and params."""
+    return {
+        **row,
+        "rev": f"rev{seed}{name}",
+        "Experiment": name,
+        "typ": "branch_commit",
+        "seed": float(seed),
+        "metrics/mnist.json:accuracy": mnist,
+        **params,
+    }
+
+
+@pytest.fixture(scope="module")
+def seed_sweep(rows) -> list[dict]:
+    """The baseline, three seeds of it, and two seeds of another learning rate."""
+    baseline = next(row for row in rows if row["rev"] == "main")
+    other = {"datasets.mnist.train.learning_rate": 0.003}
+    return [
+        baseline,
+        seeded(baseline, 42, 0.9960, "again"),  # the baseline's seed once more
+        seeded(baseline, 1, 0.9950, "s1"),
+        seeded(baseline, 2, 0.9970, "s2"),
+        seeded(baseline, 1, 0.9900, "r1", **other),
+        seeded(baseline, 2, 0.9910, "r2", **other),
+    ]
+
+
+def test_experiments_differing_only_in_seed_form_one_group(seed_sweep, sections):
+    runs = seed_runs(seed_sweep, sections)
+    mnist = runs[runs["dataset"] == "mnist"]
+    # Seed 42 of the committed params counts once, and it is the experiment's run.
+    committed = mnist[mnist["group"] == COMMITTED_PARAMS]
+    assert sorted(committed["seed"]) == [1, 2, 42]
+    assert committed.loc[committed["seed"] == 42, "experiment"].item().startswith("again")
+    groups = seed_groups(runs).set_index(["group", "dataset"])
+    stats = groups.loc[(COMMITTED_PARAMS, "mnist")]
+    assert stats["n"] == 3
+    assert stats["test mean"] == pytest.approx(0.9960)
+    assert stats["test std"] == pytest.approx(0.0010)  # sample std (n - 1)
+    assert (stats["test min"], stats["test max"]) == (0.9950, 0.9970)
+    other = groups.loc[("datasets.mnist.train.learning_rate=0.003", "mnist")]
+    assert other["n"] == 2 and other["test mean"] == pytest.approx(0.9905)
+
+
+def test_seed_group_table_reads_as_mean_std_and_range(seed_sweep, sections):
+    text = seed_group_table(seed_groups(seed_runs(seed_sweep, sections)))
+    row = text[text["params (besides seed)"] == COMMITTED_PARAMS].iloc[0]
+    assert row["mnist n"] == 3
+    assert row["mnist test accuracy"] == "99.60 ± 0.10 % (99.50–99.70)"
+
+
+def test_spread_picture_with_groups(seed_sweep, sections, tmp_path):
+    png = tmp_path / "spread.png"
+    plot_comparison(seed_runs(seed_sweep, sections), {}, png)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
