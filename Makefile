@@ -1,11 +1,13 @@
 # Entry points. Each target sets up (or refreshes) the virtualenv first, so on a fresh
-# machine with Python 3.11 and pip, `make repro` and `make test` just work.
-VENV   := .venv
+# machine with Python 3.11-3.13 and pip, `make repro` and `make test` just work.
+# Another interpreter in its own venv: make test-fast PYTHON=python3.13 VENV=.venv-3.13
+VENV   ?= .venv
+export VENV PYTHON
 BIN    := $(VENV)/bin
 # Stage commands in dvc.yaml call `python`: put the venv first on PATH.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup repro test test-fast lint format bench compare seed-study restore lock clean-venv
+.PHONY: setup repro test test-fast lint format bench compare check-results seed-study restore lock clean-venv
 
 setup:
 	@bash scripts/setup.sh
@@ -36,6 +38,9 @@ bench: setup          ## the keras.io convnet as published vs our train stage, t
 compare: setup        ## the experiments of HEAD side by side (table; PNG with PNG=file.png)
 	mnist-cnn-compare $(if $(PNG),--png $(PNG))
 
+check-results: setup  ## after `make repro`: is each accuracy inside the committed seed band?
+	mnist-cnn-check-results
+
 # The seed study: the committed params once per seed, through DVC's queue (each run in its
 # own temporary workspace; the run-cache shares what seeds have in common). Hours on 2 cores.
 SEEDS ?= 42,1,2,3,4
@@ -47,12 +52,12 @@ restore: setup        ## after a failed run: params and results back as committe
 	git checkout HEAD -- params.yaml dvc.lock metrics plots
 	dvc checkout --force
 
-lock:                 ## re-pin requirements.lock (hashes) from pyproject.toml with uv
-	rm -rf /tmp/lock-venv && python3 -m venv /tmp/lock-venv
-	/tmp/lock-venv/bin/pip install --quiet uv==0.13.9
-	/tmp/lock-venv/bin/uv pip compile pyproject.toml --extra cpu --extra test --extra dev \
-	  --generate-hashes --python-version 3.11 --python-platform x86_64-unknown-linux-gnu \
-	  --no-header --output-file requirements.lock
+# One universal lock (environment markers) for Python 3.11-3.13 on every platform, with
+# the hashes of every file; the existing pins are kept unless pyproject.toml needs others.
+# uv is the venv's own, hash-checked from requirements-tools.txt.
+lock: setup           ## re-pin requirements.lock (hashes) from pyproject.toml with uv
+	uv pip compile pyproject.toml --extra cpu --extra test --extra dev --generate-hashes \
+	  --universal --python-version 3.11 --no-header --quiet --output-file requirements.lock
 
 clean-venv:
 	rm -rf $(VENV)

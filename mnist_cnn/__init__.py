@@ -9,11 +9,13 @@ The four stage modules in `stages/` wire params to the functions here. Modules:
   artifacts       where every stage output lives, and atomic writes
   model, layers   the CNN built from params (with a fused batch-norm), save without timestamps
   input_pipeline  tf.data pipelines with stateless augmentation
-  runtime         precision and tf.distribute strategy
+  runtime         precision, tf.distribute strategy, the environment a run records
   training        determinism, callbacks, the per-epoch history table
   evaluation      test metrics and loading trained models
   figures         matplotlib PNGs
-  predict, bench  the package's commands (`mnist-cnn-predict`, `mnist-cnn-bench`)
+  predict, bench, compare, check_results
+                  the package's commands (`mnist-cnn-predict`, `-bench`, `-compare`,
+                  `-check-results`)
 """
 
 import os

