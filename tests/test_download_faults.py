@@ -24,6 +24,9 @@ from tests.conftest import sha256
 
 CONTENT = {name: f"idx payload {name} ".encode() * 4000 for name in FILENAMES.values()}
 GZ = {name: gzip.compress(data, mtime=0) for name, data in CONTENT.items()}
+BOMB = gzip.compress(bytes(64 << 20), compresslevel=9, mtime=0)  # ~64 KiB on disk
+HUGE = 256 << 20  # what the oversized faults would send in full: 256 MiB
+CHUNK = 1 << 16
 TIMEOUT = 0.5  # client connect/read timeout in these tests (seconds)
 STALL = 3.0  # how long the stalling server waits: well past TIMEOUT, still bounded
 
@@ -71,6 +74,24 @@ class FaultyHandler(http.server.BaseHTTPRequestHandler):
             return self._send(body[: len(body) // 2])
         if fault == "othergzip":  # a valid gzip of the wrong content
             return self._send(gzip.compress(b"some other dataset" * 100, mtime=0))
+        if fault == "bomb":  # a small gzip that decompresses to 64 MiB of zeros
+            return self._send(BOMB)
+        if fault == "toolong":  # an honest Content-Length far past the file's size
+            return self._send(body + bytes(HUGE), length=len(body) + HUGE)
+        if fault == "endless":  # no Content-Length: the body runs until the client stops
+            self.send_response(200)
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.close_connection = True
+            sent = 0
+            try:
+                while sent < HUGE and not self.server.stop.is_set():
+                    self.wfile.write(bytes(CHUNK))
+                    sent += CHUNK
+            except OSError:  # the client hung up: what it should do
+                pass
+            self.server.sent[self.path] = sent
+            return None
         if fault == "reset":  # promise the whole body, send half, then reset the connection
             self.send_response(200)
             self.send_header("Content-Length", str(len(body)))
@@ -100,6 +121,7 @@ def server():
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FaultyHandler)
     httpd.daemon_threads = True
     httpd.request_counts = {}
+    httpd.sent = {}
     httpd.stop = threading.Event()
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
@@ -121,6 +143,7 @@ def spec() -> DatasetSpec:
         sha256={n: sha256(d) for n, d in CONTENT.items()},
         upstream_gz_md5={},
         mirrors=(),
+        sizes={n: len(d) for n, d in CONTENT.items()},
     )
 
 
@@ -141,6 +164,9 @@ FAULTS = {
     "garbage": r"not a valid gzip file",
     "truncated": r"not a valid gzip file",
     "othergzip": r"checksum mismatch",
+    "bomb": r"decompresses to more than \d+ bytes",
+    "toolong": r"announces \d+ bytes, more than the file can take",
+    "endless": r"sent more than \d+ bytes",
 }
 
 
@@ -195,3 +221,30 @@ def test_redirect_is_followed(tmp_path, spec, server):
         spec, [mirror(base, "redirect")], tmp_path / "toy", timeout=TIMEOUT, retries=0
     )
     assert set(used.values()) == {"mirror redirect"}
+
+
+def test_endless_body_is_cut_at_the_files_bound(tmp_path, spec, server):
+    """The client stops reading at gzip_bound(size), not at what the server would send."""
+    from mnist_cnn.sources import gzip_bound
+
+    httpd, base = server
+    with pytest.raises(DownloadError):
+        fetch_dataset(spec, [mirror(base, "endless")], tmp_path / "toy", timeout=TIMEOUT, retries=0)
+    stop = time.monotonic() + 10
+    while not httpd.sent and time.monotonic() < stop:
+        time.sleep(0.05)  # the handler records what it sent once the client hung up
+    bound = gzip_bound(spec.sizes["train-images-idx3-ubyte.gz"])
+    sent = httpd.sent["/endless/train-images-idx3-ubyte.gz"]
+    # What the server got out before noticing: the bound plus socket buffers, not 256 MiB.
+    assert sent < bound + (16 << 20) < HUGE
+
+
+def test_gzip_bomb_is_not_decompressed_past_the_files_size(tmp_path):
+    from mnist_cnn.sources import RejectedCopy, decompressed_sha256
+
+    bomb = tmp_path / "bomb.gz"
+    bomb.write_bytes(BOMB)
+    started = time.monotonic()
+    with pytest.raises(RejectedCopy, match="decompresses to more than 1000 bytes"):
+        decompressed_sha256(bomb, 1000)
+    assert time.monotonic() - started < 1.0  # 64 MiB would take longer to inflate and hash
