@@ -13,6 +13,7 @@ import pandas as pd
 from sklearn.metrics import classification_report
 
 from mnist_cnn.artifacts import DatasetPaths
+from mnist_cnn.datasets import IMAGE_SHAPE, NUM_CLASSES
 from mnist_cnn.input_pipeline import shift_images
 from mnist_cnn.layers import FusedBatchNormalization
 
@@ -79,15 +80,52 @@ def most_confident_mistakes(
     return wrong[np.argsort(-confidence[wrong], kind="stable")][:count]
 
 
+class ModelError(ValueError):
+    """A model file that cannot be used; the message names the file and the problem."""
+
+
 def load_trained_model(dataset: str, path: Path | None = None) -> keras.Model:
-    """The trained model of `dataset` (or the .keras file at `path`)."""
+    """The trained model of `dataset` (or the .keras file at `path`), checked to take
+    28 x 28 x 1 images and give NUM_CLASSES probabilities.
+
+    A model file may come from someone else: safe_mode refuses any that would run
+    Python code (a Lambda layer's bytecode) on load, and every other failure of Keras'
+    loader becomes one ModelError line instead of a traceback.
+    """
     path = Path(path) if path else DatasetPaths(dataset).model
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: run `dvc repro train@{dataset}` first")
-    # safe_mode refuses models that would run arbitrary code (lambdas) on load.
-    return keras.models.load_model(
-        path, safe_mode=True, custom_objects={"FusedBatchNormalization": FusedBatchNormalization}
-    )
+    try:
+        model = keras.models.load_model(
+            path,
+            safe_mode=True,
+            custom_objects={"FusedBatchNormalization": FusedBatchNormalization},
+        )
+    except Exception as error:  # Keras raises TypeError, ValueError, OSError, KeyError...
+        text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        if "safe_mode" in str(error) or "lambda" in str(error).lower():
+            raise ModelError(
+                f"{path}: refused: the model holds Python code (e.g. a Lambda layer), "
+                "which Keras' safe_mode does not load"
+            ) from None
+        raise ModelError(
+            f"{path}: not a Keras model this project can load ({type(error).__name__}: {text[:200]})"
+        ) from None
+    expected_input = (None, *IMAGE_SHAPE, 1)
+    if not isinstance(model.input_shape, tuple) or tuple(model.input_shape) != expected_input:
+        raise ModelError(
+            f"{path}: takes inputs of shape {model.input_shape}, not {expected_input} "
+            "(28 x 28 grayscale images)"
+        )
+    if not isinstance(model.output_shape, tuple) or tuple(model.output_shape) != (
+        None,
+        NUM_CLASSES,
+    ):
+        raise ModelError(
+            f"{path}: gives outputs of shape {model.output_shape}, not (None, {NUM_CLASSES}) "
+            f"(one probability per class of {dataset})"
+        )
+    return model
 
 
 def cross_entropy(y_onehot: np.ndarray, probabilities: np.ndarray) -> float:

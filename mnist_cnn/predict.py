@@ -4,7 +4,8 @@
     python -m mnist_cnn.predict ...   (the same)
 
 Real photos are not 28 x 28 light-on-dark images, so each one is turned into one:
-  1. Pillow opens it (any size or mode Pillow reads: PNG, JPEG, ...) and applies its
+  1. Pillow opens it — only the formats photos and scans come in (OPEN_FORMATS: PNG,
+     JPEG, GIF, BMP, TIFF, WebP), one frame, at most MAX_PIXELS pixels — and applies its
      EXIF rotation; a transparent background counts as white paper.
   2. It becomes 8-bit grayscale; 16- and 32-bit grayscale are scaled down to 8 bits
      (not clipped), float images from their [0, 1] or [0, 255] range.
@@ -29,7 +30,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import stat
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -47,6 +50,14 @@ CENTER_OF_MASS = {"mnist": True, "fashion_mnist": False}
 OBJECT_THRESHOLD = 0.25  # share of the brightest pixel that counts as object (step 5)
 MIN_CONTRAST = 0.10  # object vs background, as a share of 0-255, below which: no object
 PREDICT_BATCH = 256  # images per forward pass
+# Formats Pillow may open. Not "anything Pillow knows": for EPS/PostScript it starts
+# Ghostscript on the file, whatever its name says, and a -dSAFER bypass in Ghostscript
+# then runs code from a "photo". Photos and scans come in these.
+OPEN_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP")
+# A 48-megapixel phone photo is 8064 x 6048 = 48.8 Mpx; decoding costs ~25-28 bytes of
+# RAM per pixel (measured), so this caps one image at ~1.7 GB. Pillow's own limits (warn
+# at 89 Mpx, refuse at 179 Mpx) would let 4-5 GB through.
+MAX_PIXELS = 64_000_000
 
 
 class ImageError(ValueError):
@@ -73,21 +84,54 @@ def to_uint8_gray(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("L"), dtype=np.uint8)
 
 
+def check_regular_file(path: Path) -> None:
+    """ImageError unless `path` is a regular file (or a link to one), naming what it is."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise ImageError("no such file") from None
+    except OSError as error:
+        raise ImageError(f"cannot read it ({error.strerror})") from None
+    if stat.S_ISDIR(mode):
+        raise ImageError("is a directory, not an image file")
+    if not stat.S_ISREG(mode):
+        raise ImageError("is not a regular file (a FIFO, socket or device), not an image file")
+
+
 def load_grayscale(path: Path) -> np.ndarray:
-    """Read any image Pillow understands as uint8 grayscale (steps 1-2).
+    """Read a photo or scan as uint8 grayscale (steps 1-2).
 
     Every way a file can fail is an ImageError naming the problem, so one bad file
     never stops the others from being predicted.
     """
-    if not path.is_file():
-        raise ImageError("no such file")
+    check_regular_file(path)
     try:
-        with Image.open(path) as image:
-            image.load()  # decode now, so a truncated file fails here
-            return to_uint8_gray(ImageOps.exif_transpose(image))
+        # Pillow's decompression-bomb warning (above its own 89 Mpx) is an error here.
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path, formats=OPEN_FORMATS) as image:
+                # The header is read; nothing is decoded yet.
+                width, height = image.size
+                if width * height > MAX_PIXELS:
+                    raise ImageError(
+                        f"refused: {width} x {height} = {width * height / 1e6:.0f} Mpx, more "
+                        f"than a photo of one object needs (limit {MAX_PIXELS / 1e6:.0f} Mpx)"
+                    )
+                frames = getattr(image, "n_frames", 1)
+                if frames > 1:
+                    raise ImageError(
+                        f"has {frames} frames (an animation or a multi-page file): save the "
+                        "one to classify as an image of its own"
+                    )
+                image.load()  # decode now, so a truncated file fails here
+                return to_uint8_gray(ImageOps.exif_transpose(image))
+    except ImageError:
+        raise
     except UnidentifiedImageError:
-        raise ImageError("not an image Pillow can read") from None
-    except Image.DecompressionBombError as error:
+        raise ImageError(
+            "not a PNG, JPEG, GIF, BMP, TIFF or WebP image (other formats are not opened)"
+        ) from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise ImageError(f"refused: too many pixels to be a photo ({error})") from None
     except (OSError, SyntaxError, ValueError) as error:
         raise ImageError(f"corrupt image ({error})") from None
@@ -169,6 +213,15 @@ def shift_pixels_argument(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{value} is not allowed: {rule}") from None
 
 
+def printable(text: str) -> str:
+    """`text` with control characters escaped (a newline in a file name becomes \\n), so
+    a crafted name cannot print lines that look like results."""
+    return "".join(
+        char if char.isprintable() else char.encode("unicode_escape").decode("ascii")
+        for char in text
+    )
+
+
 def top_classes(probabilities: np.ndarray, class_names: tuple[str, ...], top: int) -> list[dict]:
     order = np.argsort(-probabilities, kind="stable")[:top]
     return [
@@ -222,8 +275,8 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             model = load_trained_model(spec.key, args.model)
-        except (FileNotFoundError, ValueError) as error:
-            print(f"predict: cannot load the model: {error}", file=sys.stderr)
+        except (FileNotFoundError, ValueError) as error:  # ModelError included
+            print(f"predict: cannot load the model: {printable(str(error))}", file=sys.stderr)
             return 2
         probabilities = predict_probabilities(model, np.stack(batch), PREDICT_BATCH, shifts)
         for row, probs in zip(batch_rows, probabilities, strict=True):
@@ -238,10 +291,10 @@ def main(argv: list[str] | None = None) -> int:
             ranked = "   ".join(
                 f"{p['class']} {p['probability']:.1%}" for p in result["predictions"]
             )
-            print(f"{result['path']}: {ranked}")
+            print(f"{printable(result['path'])}: {ranked}")
     for result in results:
         if "error" in result:
-            print(f"predict: {result['path']}: {result['error']}", file=sys.stderr)
+            print(f"predict: {printable(result['path'])}: {result['error']}", file=sys.stderr)
     return 1 if any("error" in result for result in results) else 0
 
 

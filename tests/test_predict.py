@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import struct
 import zlib
 
@@ -93,6 +94,52 @@ def test_decompression_bomb_is_a_per_file_error(tmp_path):
         load_grayscale(tmp_path / "bomb.png")
 
 
+@pytest.mark.parametrize("size", [(9000, 8000), (11000, 9000)], ids=["72Mpx", "99Mpx"])
+def test_images_past_the_photo_limit_are_refused_before_decoding(tmp_path, size):
+    """72 Mpx: below Pillow's warning (89 Mpx), which would decode it (~2 GB); 99 Mpx:
+    Pillow only warns, which is an error here. Neither is decoded."""
+    png_claiming_size(tmp_path / "big.png", *size)
+    with pytest.raises(ImageError, match="refused"):
+        load_grayscale(tmp_path / "big.png")
+
+
+def test_postscript_named_png_is_not_opened(tmp_path):
+    """Pillow would hand this "photo" to Ghostscript; only photo formats are opened."""
+    path = tmp_path / "digit.png"
+    path.write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 28 28\nshowpage\n")
+    with Image.open(path) as image:  # what an unrestricted open does: EPS, by content
+        assert image.format == "EPS"
+    with pytest.raises(ImageError, match="not a PNG, JPEG, GIF, BMP, TIFF or WebP"):
+        load_grayscale(path)
+
+
+def test_animations_and_multi_page_files_are_refused(tmp_path, rng):
+    frames = [Image.fromarray(digit_like(rng)), Image.fromarray(255 - digit_like(rng))]
+    frames[0].save(tmp_path / "two.gif", save_all=True, append_images=frames[1:])
+    frames[0].save(tmp_path / "two.tiff", save_all=True, append_images=frames[1:])
+    for name in ("two.gif", "two.tiff"):
+        with pytest.raises(ImageError, match="has 2 frames"):
+            load_grayscale(tmp_path / name)
+
+
+def test_directories_and_fifos_say_what_they_are(tmp_path):
+    (tmp_path / "folder.png").mkdir()
+    with pytest.raises(ImageError, match="is a directory"):
+        load_grayscale(tmp_path / "folder.png")
+    os.mkfifo(tmp_path / "pipe.png")
+    with pytest.raises(ImageError, match="not a regular file"):
+        load_grayscale(tmp_path / "pipe.png")  # and does not block reading the FIFO
+
+
+def test_control_characters_in_names_cannot_fake_result_lines(tmp_path, rng, capsys):
+    name = tmp_path / "x\n7.png: 7 100.0%.png"
+    (tmp_path / "x\n7.png: 7 100.0%.png").write_text("not a picture")
+    assert main(["--dataset", "mnist", str(name)]) == 1
+    err = capsys.readouterr().err
+    assert "x\\n7.png: 7 100.0%.png" in err  # escaped: one line, the \n visible
+    assert not any(line.startswith("7.png") for line in err.splitlines())
+
+
 @pytest.mark.parametrize(
     "blank",
     [
@@ -138,7 +185,7 @@ def test_unreadable_files_name_the_problem(tmp_path):
     with pytest.raises(ImageError, match="no such file"):
         load_grayscale(tmp_path / "missing.png")
     (tmp_path / "notes.png").write_text("not a picture")
-    with pytest.raises(ImageError, match="not an image"):
+    with pytest.raises(ImageError, match="not a PNG, JPEG, GIF, BMP, TIFF or WebP image"):
         load_grayscale(tmp_path / "notes.png")
     Image.fromarray(np.zeros((64, 64), dtype=np.uint8)).save(tmp_path / "ok.png")
     data = (tmp_path / "ok.png").read_bytes()

@@ -10,6 +10,7 @@ import pytest
 
 from mnist_cnn.artifacts import load_split
 from mnist_cnn.evaluation import load_trained_model
+from mnist_cnn.predict import main
 from tests.conftest import PROJECT_ROOT
 
 
@@ -41,6 +42,47 @@ def test_models_with_code_are_refused(tmp_path, monkeypatch):
         load_trained_model("toy")
     with pytest.raises(FileNotFoundError, match=r"run `dvc repro train@other` first"):
         load_trained_model("other")
+
+
+def save_model(path, input_shape=(28, 28, 1), classes=10, code=False):
+    inputs = keras.Input(input_shape)
+    x = keras.layers.Flatten()(inputs)
+    if code:
+        x = keras.layers.Lambda(lambda t: t * 2)(x)
+    keras.Model(inputs, keras.layers.Dense(classes, activation="softmax")(x)).save(path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "kind, message",
+    [
+        ("code", "refused: the model holds Python code"),
+        ("classes", r"gives outputs of shape \(None, 20\), not \(None, 10\)"),
+        ("shape", r"takes inputs of shape \(None, 32, 32, 1\)"),
+        ("garbage", "not a Keras model this project can load"),
+    ],
+)
+def test_bad_model_files_are_one_line_naming_the_file(tmp_path, capsys, kind, message):
+    """`mnist-cnn-predict --model` with a model from elsewhere: one clear line, exit 2."""
+    from PIL import Image
+
+    model = tmp_path / f"{kind}.keras"
+    if kind == "garbage":
+        model.write_bytes(b"PK\x03\x04 not really a zip")
+    else:
+        save_model(
+            model,
+            input_shape=(32, 32, 1) if kind == "shape" else (28, 28, 1),
+            classes=20 if kind == "classes" else 10,
+            code=kind == "code",
+        )
+    digit = np.zeros((28, 28), dtype=np.uint8)
+    digit[6:22, 12:16] = 255
+    Image.fromarray(digit).save(tmp_path / "one.png")
+    assert main(["--dataset", "mnist", "--model", str(model), str(tmp_path / "one.png")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(model) in err[0], err
+    assert re.search(message, err[0]), err[0]
 
 
 def test_no_unsafe_loading_flags_in_project_code():
