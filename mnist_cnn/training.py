@@ -5,6 +5,9 @@ Used by the train stage (stages/train.py) and the benchmark.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import shutil
 from pathlib import Path
 
 import keras
@@ -16,8 +19,36 @@ from mnist_cnn.input_pipeline import evaluation_dataset, training_dataset
 from mnist_cnn.params import EarlyStoppingParams, TrainParams
 
 # Where BackupAndRestore keeps interrupted training state (git-ignored, not a DVC output,
-# so DVC does not delete it when the stage re-runs).
+# so DVC does not delete it when the stage re-runs): checkpoints/<dataset>/<fingerprint>/.
 BACKUP_DIR = Path("checkpoints")
+
+
+def run_fingerprint(seed: int, train: TrainParams, *arrays: np.ndarray) -> str:
+    """A hash of what a training run depends on: seed, effective train params and data.
+
+    A backup made by another run (other params, other prepared data) must not be resumed:
+    the model would continue from the old run's weights while dvc.lock credits the new
+    params.
+    """
+    digest = hashlib.sha256()
+    digest.update(json.dumps([seed, train.model_dump(mode="json")], sort_keys=True).encode())
+    for array in arrays:
+        digest.update(str((array.dtype, array.shape)).encode())
+        digest.update(np.ascontiguousarray(array).data)
+    return digest.hexdigest()[:16]
+
+
+def matching_backup_dir(root: Path, fingerprint: str) -> Path:
+    """root/<fingerprint>, after deleting the backups of every other run under root."""
+    if root.is_dir():
+        for stale in sorted(root.iterdir()):
+            if stale.name != fingerprint:
+                print(f"[train] discarding {stale}: a backup of other params or data")
+                if stale.is_dir():
+                    shutil.rmtree(stale)
+                else:
+                    stale.unlink()
+    return root / fingerprint
 
 
 def make_deterministic(seed: int) -> None:

@@ -30,6 +30,8 @@ from mnist_cnn.training import (
     fit,
     history_table,
     make_deterministic,
+    matching_backup_dir,
+    run_fingerprint,
     selected_epoch_index,
 )
 
@@ -66,7 +68,11 @@ def main(argv: list[str] | None = None) -> int:
         f"{batch_size}, peak learning rate {distribution.learning_rate:g}"
     )
 
-    # Train.
+    # Train (resuming only a backup of this very run: same seed, params and data).
+    backup_dir = BACKUP_DIR / spec.key
+    if train.backup_and_restore:
+        fingerprint = run_fingerprint(params.seed, train, *train_split, *val_split)
+        backup_dir = matching_backup_dir(backup_dir, fingerprint)
     started = time.perf_counter()
     with distribution.strategy.scope():
         history = fit(
@@ -76,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             train_split,
             val_split,
             batch_size,
-            BACKUP_DIR / spec.key,
+            backup_dir,
             # One line per epoch when logged to a file; a live progress bar in a terminal.
             verbose=1 if sys.stdout.isatty() else 2,
         )

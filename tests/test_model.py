@@ -133,3 +133,28 @@ def test_saved_model_bytes_do_not_depend_on_the_clock(model_params, tmp_path):
     images = np.random.default_rng(1).random((3, 28, 28, 1), dtype=np.float32)
     loaded = keras.models.load_model(tmp_path / "a.keras", safe_mode=True)
     np.testing.assert_allclose(loaded.predict(images, verbose=0), model.predict(images, verbose=0))
+
+
+def test_backups_are_keyed_to_seed_params_and_data(tmp_path, train_params, capsys):
+    """train.backup_and_restore resumes only a backup of the same run; others are deleted."""
+    from mnist_cnn.training import matching_backup_dir, run_fingerprint
+
+    images = np.zeros((4, 28, 28, 1), dtype=np.float32)
+    labels = np.eye(10, dtype=np.float32)[:4]
+    first = run_fingerprint(42, train_params, images, labels)
+    assert run_fingerprint(42, train_params, images.copy(), labels) == first
+    assert run_fingerprint(7, train_params, images, labels) != first
+    other_params = changed(train_params, epochs=train_params.epochs + 1)
+    assert run_fingerprint(42, other_params, images, labels) != first
+    other_images = images.copy()
+    other_images[0, 0, 0, 0] = 1.0
+    assert run_fingerprint(42, train_params, other_images, labels) != first
+
+    root = tmp_path / "checkpoints/mnist"
+    (root / "0123456789abcdef").mkdir(parents=True)  # an older run's backup
+    (root / first).mkdir()
+    (root / first / "chkpt").write_text("state")
+    assert matching_backup_dir(root, first) == root / first
+    assert sorted(p.name for p in root.iterdir()) == [first]
+    assert (root / first / "chkpt").read_text() == "state"  # this run's backup is kept
+    assert "discarding" in capsys.readouterr().out
