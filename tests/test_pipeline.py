@@ -603,6 +603,36 @@ def test_recover_after_a_stage_failed_mid_pipeline(project, first_run):
     assert read_metrics(project) == first_run["metrics"]
 
 
+def test_restore_saves_a_finished_run_before_reverting_it(project, first_run, rate_experiment):
+    """`make restore` after a run that *succeeded* (here: the rate experiment applied to
+    the workspace) keeps it as an experiment instead of silently reverting it."""
+    dvc(project, "exp", "apply", rate_experiment["name"])
+    applied = read_metrics(project)
+    assert applied != first_run["metrics"]
+    output = run(["bash", "-c", RECOVER], project)
+    assert git_status(project) == ""
+    assert read_metrics(project) == first_run["metrics"]
+    assert lock_outputs(project) == first_run["lock_outputs"]
+    name = re.search(r"saved it as experiment (\S+);", output).group(1)
+    dvc(project, "exp", "apply", name)  # and it comes back, results and models
+    assert read_metrics(project) == applied
+    assert "Data and pipelines are up to date" in dvc(project, "status")
+
+
+def test_restore_refuses_to_overwrite_an_output_dvc_has_no_copy_of(project, first_run):
+    """A model written outside DVC (e.g. by running a stage by hand) is not overwritten."""
+    model = project / "models/mnist.keras"
+    model.write_bytes(b"a model trained by hand")
+    (project / "params.yaml").write_text(
+        (project / "params.yaml").read_text().replace("seed: 42", "seed: 7")
+    )
+    result = attempt(["bash", "-c", RECOVER], project)
+    assert result.returncode != 0
+    assert "refused" in result.stdout and "models/mnist.keras" in result.stdout
+    assert model.read_bytes() == b"a model trained by hand"
+    assert "seed: 7" in (project / "params.yaml").read_text()  # nothing was reverted
+
+
 def test_going_back_to_earlier_params_restores_from_the_run_cache(project, first_run):
     """defaults -> an experiment -> defaults again: train and evaluate come back from DVC's
     run-cache (seconds), not from retraining, with the first run's results."""
