@@ -1,0 +1,137 @@
+"""The results tables of README.md and docs/results.md, generated from the committed files.
+
+    python -m mnist_cnn.report           # rewrite the generated blocks from metrics/
+    python -m mnist_cnn.report --check   # exit 1 if a page differs from what it would write
+
+Each table sits between `<!-- generated: python -m mnist_cnn.report NAME -->` and
+`<!-- end generated -->`; everything else on the pages is hand-written. The numbers come
+from metrics/<ds>.json, metrics/<ds>_training.json and metrics/seed_study.csv, so a table
+cannot drift from the run it describes (tests/test_report.py compares the pages with the
+committed files).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+
+from mnist_cnn.artifacts import DatasetPaths
+from mnist_cnn.check_results import SEED_STUDY, prediction_band
+from mnist_cnn.compare import COMMITTED_PARAMS
+from mnist_cnn.datasets import DATASETS
+
+PAGES = {"README.md": ["results"], "docs/results.md": ["results", "seeds"]}
+Reader = Callable[[Path], str]
+
+
+def percent(value: float) -> str:
+    return f"{100 * value:.2f} %"
+
+
+def committed_seed_runs(read: Reader) -> pd.DataFrame:
+    study = pd.read_csv(io.StringIO(read(SEED_STUDY)))
+    return study[study["group"] == COMMITTED_PARAMS]
+
+
+def results_table(read: Reader) -> str:
+    """Per dataset: the committed run, and the seed study's spread of the same params."""
+    runs = committed_seed_runs(read)
+    lines = [
+        "| dataset | test accuracy (committed run) | over seeds: mean ± std (min–max) | "
+        "validation accuracy (committed run) | over seeds | epochs (kept) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for key, spec in DATASETS.items():
+        paths = DatasetPaths(key)
+        test = json.loads(read(paths.test_metrics))
+        training = json.loads(read(paths.training_summary))
+        own = runs[runs["dataset"] == key]
+        spread = {}
+        for column in ("test_accuracy", "val_accuracy"):
+            band = prediction_band(own[column])
+            spread[column] = (
+                f"{100 * band.mean:.2f} ± {100 * band.std:.2f} % "
+                f"({100 * band.smallest:.2f}–{100 * band.largest:.2f}, {band.n} seeds)"
+            )
+        lines.append(
+            f"| {spec.title} | **{percent(test['accuracy'])}** | {spread['test_accuracy']} | "
+            f"{percent(test['val_accuracy'])} | {spread['val_accuracy']} | "
+            f"{training['epochs_run']} ({training['selected_epoch']}) |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def seeds_table(read: Reader) -> str:
+    """One row per seed of the study: each dataset's test and validation accuracy."""
+    runs = committed_seed_runs(read)
+    titles = [spec.title for spec in DATASETS.values()]
+    lines = [
+        "| seed | " + " | ".join(f"{t} test | {t} validation" for t in titles) + " | CPU |",
+        "|---" * (2 + 2 * len(titles)) + "|",
+    ]
+    for seed, rows in runs.groupby("seed", sort=True):
+        by_key = rows.set_index("dataset")
+        cells = []
+        for key in DATASETS:
+            row = by_key.loc[key] if key in by_key.index else None
+            cells += (
+                ["–", "–"]
+                if row is None
+                else [percent(row["test_accuracy"]), percent(row["val_accuracy"])]
+            )
+        cpus = ", ".join(sorted(set(rows["cpu"].dropna().astype(str)))) or "–"
+        lines.append(f"| {seed} | " + " | ".join(cells) + f" | {cpus} |")
+    return "\n".join(lines) + "\n"
+
+
+TABLES = {"results": results_table, "seeds": seeds_table}
+
+
+def marker(name: str) -> str:
+    return f"<!-- generated: python -m mnist_cnn.report {name} -->\n"
+
+
+END = "<!-- end generated -->"
+
+
+def render(page: str, names: list[str], read: Reader) -> str:
+    """`page` with each named block replaced by the table generated from `read`."""
+    for name in names:
+        head, found, rest = page.partition(marker(name))
+        if not found:
+            raise ValueError(f"no `{marker(name).strip()}` block")
+        _, _, tail = rest.partition(END)
+        page = head + marker(name) + TABLES[name](read) + END + tail
+    return page
+
+
+def workspace_reader(root: Path = Path()) -> Reader:
+    return lambda path: (root / path).read_text()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="only report pages that differ")
+    args = parser.parse_args(argv)
+    read, stale = workspace_reader(), []
+    for page_name, names in PAGES.items():
+        path = Path(page_name)
+        text = path.read_text()
+        rendered = render(text, names, read)
+        if rendered != text:
+            stale.append(page_name)
+            if not args.check:
+                path.write_text(rendered)
+    verb = "differ from metrics/" if args.check else "rewritten"
+    print(f"report: {', '.join(stale) or 'no page'} {verb}")
+    return 1 if args.check and stale else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
