@@ -19,6 +19,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+# Written by the check_params stage: one file per dataset (DatasetPaths.effective_params).
+EFFECTIVE_PARAMS_DIR = Path("data/params")
+
 
 @dataclass(frozen=True)
 class DatasetPaths:
@@ -32,6 +35,12 @@ class DatasetPaths:
 
     def _plots(self, name: str) -> Path:
         return Path("plots") / self.key / name
+
+    # check_params: the dataset's train and evaluate settings after its overrides, which
+    # its train and evaluate stages declare as their params (see dvc.yaml)
+    @property
+    def effective_params(self) -> Path:
+        return EFFECTIVE_PARAMS_DIR / f"{self.key}.yaml"
 
     # download
     @property

@@ -6,9 +6,13 @@ out-of-range value fails with one line per problem: the dotted key, the value gi
 what is allowed, and for unknown keys the closest allowed name.
 
 Run as a module (`python -m mnist_cnn.params`) it is the pipeline's first stage,
-`check_params`: every other stage depends on its output, so DVC stops at a bad
-params.yaml before it removes any stage's outputs. The output's bytes are the same for
-every valid params.yaml, so a valid change invalidates nothing by itself.
+`check_params`: every other stage depends on its marker file, so DVC stops at a bad
+params.yaml before it removes any stage's outputs. The marker's bytes are the same for
+every valid params.yaml, so a valid change invalidates nothing by itself. It also writes
+each dataset's *effective* `train` and `evaluate` sections (the shared ones with the
+dataset's overrides laid over them) to data/params/<dataset>.yaml: the train and
+evaluate stages declare those as their params, so DVC re-runs a dataset's stages exactly
+when the settings they use change — not when a shared key that the dataset overrides does.
 """
 
 from __future__ import annotations
@@ -295,7 +299,7 @@ class Params(Section):
         if dataset not in self.datasets:
             raise ValueError(f"dataset {dataset!r} is not listed under datasets")
         settings = self.datasets[dataset]
-        # dvc.yaml names both keys as params of the dataset's stages: DVC needs them there.
+        # Both keys, always ({} for none): one place to read a dataset's overrides.
         if not isinstance(settings, dict) or set(settings) != set(OVERRIDABLE):
             raise ValueError(
                 f"datasets.{dataset} must hold exactly `train: {{...}}` and `evaluate: {{...}}` "
@@ -438,10 +442,11 @@ def reference_table(raw: dict) -> str:
 
 def main() -> int:
     """The check_params stage: one line per problem, or the marker file."""
-    from mnist_cnn.artifacts import atomic_path  # no TensorFlow here: this stage runs first
+    # No TensorFlow here: this stage runs first.
+    from mnist_cnn.artifacts import EFFECTIVE_PARAMS_DIR, DatasetPaths, atomic_dir, atomic_path
 
     try:
-        load_params()
+        params = load_params()
     except ParamsError as error:
         for line in str(error).splitlines():
             print(f"check_params: {line}", file=sys.stderr)
@@ -450,10 +455,31 @@ def main() -> int:
             file=sys.stderr,
         )
         return 1
+    with atomic_dir(EFFECTIVE_PARAMS_DIR) as staging:
+        for key in params.datasets:
+            (staging / DatasetPaths(key).effective_params.name).write_text(
+                effective_params_text(params, key)
+            )
     with atomic_path(CHECKED_MARKER) as tmp:
         tmp.write_text(CHECKED_TEXT)
-    print(f"check_params: params.yaml is valid ({CHECKED_MARKER} written)")
+    print(
+        f"check_params: params.yaml is valid ({CHECKED_MARKER} written; each dataset's "
+        f"effective train/evaluate settings in {EFFECTIVE_PARAMS_DIR}/)"
+    )
     return 0
+
+
+def effective_params_text(params: Params, dataset: str) -> str:
+    """data/params/<dataset>.yaml: what the dataset's train and evaluate stages use."""
+    sections = {
+        "train": params.train_for(dataset).model_dump(mode="json"),
+        "evaluate": params.evaluate_for(dataset).model_dump(mode="json"),
+    }
+    header = (
+        f"# Written by the check_params stage from params.yaml: the train and evaluate\n"
+        f"# settings of {dataset} after its overrides. Edit params.yaml, not this file.\n"
+    )
+    return header + yaml.safe_dump(sections, sort_keys=False)
 
 
 if __name__ == "__main__":

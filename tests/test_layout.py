@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mnist_cnn.artifacts import STAGE_OUTPUTS, DatasetPaths
+from mnist_cnn.artifacts import EFFECTIVE_PARAMS_DIR, STAGE_OUTPUTS, DatasetPaths
 from mnist_cnn.datasets import spec_from_command_line
 from mnist_cnn.params import CHECKED_MARKER
 from tests.conftest import PROJECT_ROOT
@@ -105,9 +105,32 @@ def test_stage_outputs_in_dvc_yaml_are_the_paths_the_code_writes(stage):
 
 def test_check_params_output_is_the_marker_every_stage_depends_on():
     stages = dvc_stages()
-    assert declared_outputs(stages["check_params"], "-") == {CHECKED_MARKER.as_posix()}
+    assert declared_outputs(stages["check_params"], "-") == {
+        CHECKED_MARKER.as_posix(),
+        EFFECTIVE_PARAMS_DIR.as_posix(),
+    }
     for stage in STAGE_OUTPUTS:
         assert CHECKED_MARKER.as_posix() in stages[stage]["deps"], stage
+
+
+def test_train_and_evaluate_declare_their_datasets_effective_sections():
+    """Each declares the section it reads from data/params/<ds>.yaml, and nothing of
+    params.yaml's shared `train`/`evaluate`/`datasets` (which would re-run a dataset for
+    a key it overrides)."""
+    stages = dvc_stages()
+    for stage, section in (("train", "train"), ("evaluate", "evaluate")):
+        params = stages[stage]["params"]
+        effective = [entry for entry in params if isinstance(entry, dict)]
+        assert effective == [{"data/params/${key}.yaml": [section]}], stage
+        for key in ("mnist", "fashion_mnist"):
+            path = next(iter(effective[0])).replace("${key}", key)
+            assert path == DatasetPaths(key).effective_params.as_posix()
+        shared = {entry for entry in params if isinstance(entry, str)}
+        assert not shared & {"train", "evaluate", "datasets"}, stage
+
+
+def test_every_stage_says_what_it_does():
+    assert all(definition.get("desc") for definition in dvc_stages().values())
 
 
 def test_small_results_keep_the_run_cache_working():

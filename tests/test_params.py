@@ -216,6 +216,34 @@ def test_check_stage_writes_the_same_marker_for_any_valid_params(tmp_path, monke
     assert written[0] == written[1]
 
 
+def test_check_stage_writes_each_datasets_effective_settings(tmp_path, monkeypatch, params):
+    """data/params/<ds>.yaml: the shared sections with the dataset's overrides laid over
+    them — what DVC compares for the train and evaluate stages."""
+    from mnist_cnn.params import Params, main
+
+    monkeypatch.chdir(tmp_path)
+    raw = with_value(params, "train.model.dense_dropout", 0.3)
+    raw["datasets"]["fashion_mnist"]["train"]["model"]["dense_dropout"] = 0.1
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    assert main() == 0
+    loaded = Params.model_validate(raw)
+    for key in ("mnist", "fashion_mnist"):
+        effective = yaml.safe_load((tmp_path / f"data/params/{key}.yaml").read_text())
+        assert effective["train"] == loaded.train_for(key).model_dump(mode="json")
+        assert effective["evaluate"] == loaded.evaluate_for(key).model_dump(mode="json")
+    mnist = yaml.safe_load((tmp_path / "data/params/mnist.yaml").read_text())
+    fashion = yaml.safe_load((tmp_path / "data/params/fashion_mnist.yaml").read_text())
+    assert mnist["train"]["model"]["dense_dropout"] == 0.3
+    assert fashion["train"]["model"]["dense_dropout"] == 0.1  # its override wins
+    # A shared key the dataset overrides leaves its file byte-identical.
+    before = (tmp_path / "data/params/fashion_mnist.yaml").read_bytes()
+    (tmp_path / "params.yaml").write_text(
+        yaml.safe_dump(with_value(raw, "train.model.dense_dropout", 0.4))
+    )
+    assert main() == 0
+    assert (tmp_path / "data/params/fashion_mnist.yaml").read_bytes() == before
+
+
 def test_check_stage_names_the_problem_in_one_line(tmp_path, monkeypatch, params, capsys):
     from mnist_cnn.params import CHECKED_MARKER, main
 

@@ -448,6 +448,25 @@ def test_exp_run_with_train_param_reruns_only_train_and_evaluate(rate_experiment
         assert changes["loss"]["new"] != changes["loss"]["old"]
 
 
+def test_shared_key_a_dataset_overrides_reruns_only_the_other_dataset(project, first_run):
+    """Fashion-MNIST overrides `train.model.dense_dropout` (params.yaml): changing the
+    shared value re-runs MNIST's train and evaluate only, and going back restores them
+    from the run-cache; Fashion-MNIST's stages never run."""
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    assert "dense_dropout" in params["datasets"]["fashion_mnist"]["train"]["model"]
+    assert "dense_dropout" not in params["datasets"]["mnist"]["train"].get("model", {})
+    shared = params["train"]["model"]["dense_dropout"]
+
+    output = dvc(project, "exp", "run", "-S", f"train.model.dense_dropout={shared / 2:g}")
+    assert stages_run(output) == {"check_params", "train@mnist", "evaluate@mnist"}
+    assert "Stage 'train@fashion_mnist' didn't change" in output
+
+    output = dvc(project, "exp", "run", "-S", f"train.model.dense_dropout={shared:g}")
+    assert {"train@mnist", "evaluate@mnist"} <= stages_restored(output)
+    assert stages_run(output) <= {"check_params"}  # it may come from the run-cache too
+    assert read_metrics(project) == first_run["metrics"]
+
+
 def test_exp_push_and_pull_through_remotes(project, rate_experiment, tmp_path):
     """An experiment travels like a branch: git refs to a git remote, data to the DVC remote."""
     name = rate_experiment["name"]
