@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import keras
@@ -104,6 +105,25 @@ def build_callbacks(train: TrainParams, backup_dir: Path) -> list[keras.callback
     return callbacks
 
 
+class EpochProgress(keras.callbacks.Callback):
+    """Hand the history so far to `report` after every epoch (the train stage writes it
+    to its declared metrics/plots files, which DVC's tools read while the stage runs).
+
+    Runs after the params' callbacks (fit's `extra_callbacks`), so the learning rate of
+    the epoch is in its logs.
+    """
+
+    def __init__(self, report: Callable[[dict[str, list[float]]], None]):
+        super().__init__()
+        self.report = report
+        self.history: dict[str, list[float]] = {}
+
+    def on_epoch_end(self, epoch, logs=None):
+        for name, value in (logs or {}).items():
+            self.history.setdefault(name, []).append(float(value))
+        self.report(self.history)
+
+
 def fit(
     model: keras.Model,
     train: TrainParams,
@@ -145,6 +165,15 @@ def selected_epoch_index(
     values = history[early_stopping.monitor]
     pick = min if "loss" in early_stopping.monitor else max
     return values.index(pick(values))
+
+
+def summary(history: dict[str, list[float]], selected: int) -> dict:
+    """What training ran and kept: epochs, the kept epoch (from 1) and its logged values."""
+    return {
+        "epochs_run": len(history["loss"]),
+        "selected_epoch": selected + 1,
+        "selected": {name: round(float(values[selected]), 6) for name, values in history.items()},
+    }
 
 
 def history_table(history: dict[str, list[float]]) -> pd.DataFrame:

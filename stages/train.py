@@ -27,12 +27,14 @@ from mnist_cnn.runtime import (
 )
 from mnist_cnn.training import (
     BACKUP_DIR,
+    EpochProgress,
     fit,
     history_table,
     make_deterministic,
     matching_backup_dir,
     run_fingerprint,
     selected_epoch_index,
+    summary,
 )
 
 
@@ -68,6 +70,15 @@ def main(argv: list[str] | None = None) -> int:
         f"{batch_size}, peak learning rate {distribution.learning_rate:g}"
     )
 
+    # Progress, the DVC way: after every epoch the history so far goes to the stage's
+    # declared plots/metrics files, which `dvc exp show`, `dvc plots show` and VS Code's
+    # live plots read while the stage runs. The end of training writes them for good.
+    def write_progress(history: dict[str, list[float]]) -> None:
+        if distribution.is_chief:
+            best = selected_epoch_index(history, train.early_stopping)
+            write_csv(paths.history, history_table(history))
+            write_json(paths.training_summary, {**summary(history, best), "in_progress": True})
+
     # Train (resuming only a backup of this very run: same seed, params and data).
     backup_dir = BACKUP_DIR / spec.key
     if train.backup_and_restore:
@@ -83,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
             val_split,
             batch_size,
             backup_dir,
+            extra_callbacks=(EpochProgress(write_progress),),
             # One line per epoch when logged to a file; a live progress bar in a terminal.
             verbose=1 if sys.stdout.isatty() else 2,
         )
@@ -98,17 +110,16 @@ def main(argv: list[str] | None = None) -> int:
 
     # Save the model (weights restored to the best epoch when early stopping is on).
     save_model(model, paths.model)
+    kept = summary(history, selected)
     write_json(
         paths.training_summary,
         {
-            "epochs_run": len(history["loss"]),
-            "selected_epoch": selected + 1,
+            "epochs_run": kept["epochs_run"],
+            "selected_epoch": kept["selected_epoch"],
             "parameters": int(model.count_params()),
             "precision": policy,
             "replicas": distribution.replicas,
-            "selected": {
-                name: round(float(values[selected]), 6) for name, values in history.items()
-            },
+            "selected": kept["selected"],
             # CPU, libraries, threads: what makes another machine's numbers differ.
             "environment": environment(policy, train.threads),
         },

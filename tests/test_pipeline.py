@@ -677,6 +677,45 @@ def test_going_back_to_earlier_params_restores_from_the_run_cache(project, first
     assert read_metrics(project) == first_run["metrics"]
 
 
+def workspace_row(table: list[dict]) -> dict:
+    row = next(row for row in table if row.get("rev") == "workspace")
+    return row.get("data", {})
+
+
+def test_exp_show_reports_epochs_while_the_stage_trains(project, first_run, tmp_path):
+    """Progress the DVC way: while `dvc exp run` trains, `dvc exp show --json` reads the
+    epochs finished so far from the stage's declared metrics file (and plots/ its rows)."""
+    log = tmp_path / "exp.log"
+    with log.open("w") as handle:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "dvc", "exp", "run", "-S", "datasets.mnist.train.epochs=60"],
+            cwd=project,
+            env=command_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    summary = project / "metrics/mnist_training.json"
+    try:
+        deadline = time.monotonic() + 200
+        while time.monotonic() < deadline and process.poll() is None:
+            if "Epoch 3/60" in log.read_text():  # two epochs done, a third under way
+                break
+            time.sleep(0.2)
+        assert process.poll() is None, f"training ended before it was observed:\n{log.read_text()}"
+        shown = workspace_row(json.loads(dvc(project, "exp", "show", "--json")))
+        still_training = process.poll() is None
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=60)
+    assert still_training, "the stage ended while `dvc exp show` ran: no proof of live progress"
+    metrics = shown["metrics"][summary.relative_to(project).as_posix()]["data"]
+    assert metrics["in_progress"] is True and metrics["epochs_run"] >= 2, metrics
+    history = pd.read_csv(project / "plots/mnist/history.csv")
+    assert len(history) >= 2 and list(history["epoch"][:2]) == [1, 2]
+
+
 def test_kill_during_training_then_repro_completes(project, first_run, tmp_path):
     """kill -9 of the whole `dvc repro` process group mid-training loses nothing."""
     model = project / "models" / "mnist.keras"
