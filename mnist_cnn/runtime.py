@@ -190,7 +190,7 @@ def make_distribution(
                 "train.distribution.strategy = multi_worker needs the TF_CONFIG environment "
                 'variable (cluster and this task), e.g. TF_CONFIG=\'{"cluster": {"worker": '
                 '["host1:12345", "host2:12345"]}, "task": {"type": "worker", '
-                '"index": 0}}\'; see README, Scaling out'
+                '"index": 0}}\'; see docs/scaling-out.md'
             )
         try:
             is_chief = chief_from_tf_config(json.loads(raw))

