@@ -193,3 +193,21 @@ def test_stages_take_one_known_dataset_key(capsys):
     with pytest.raises(SystemExit):
         spec_from_command_line(["cifar10"], "d")
     assert "invalid choice: 'cifar10'" in capsys.readouterr().err
+
+
+def test_dag_page_is_what_dvc_draws():
+    """docs/pipeline.md shows `dvc dag --md` as DVC prints it for this dvc.yaml."""
+    import subprocess
+    import sys
+
+    drawn = subprocess.run(
+        [sys.executable, "-m", "dvc", "dag", "--md"],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    ).stdout
+    page = (PROJECT_ROOT / "docs/pipeline.md").read_text()
+    block = page.split("<!-- generated: dvc dag --md -->\n")[1].split("<!-- end generated -->")[0]
+    assert block == drawn
