@@ -75,7 +75,8 @@ def prediction_band(values: pd.Series | list[float]) -> Band:
         raise ValueError(f"a band needs results of at least 2 seeds, got {len(values)}")
     n, mean, std = len(values), float(values.mean()), float(values.std())
     half = float(stats.t.ppf(0.5 + CONFIDENCE / 2, n - 1)) * std * math.sqrt(1 + 1 / n)
-    return Band(n, mean, std, mean - half, mean + half, float(values.min()), float(values.max()))
+    low, high = max(mean - half, 0.0), min(mean + half, 1.0)  # accuracies: within [0, 1]
+    return Band(n, mean, std, low, high, float(values.min()), float(values.max()))
 
 
 def study_bands(study: pd.DataFrame) -> dict[str, dict[str, Band]]:
