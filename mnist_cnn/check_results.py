@@ -169,20 +169,23 @@ def main(argv: list[str] | None = None) -> int:
     lines, inside = check(bands, results)
     print("\n".join(lines))
     committed_params = committed_text(Path("params.yaml"))
-    if committed_params is not None and yaml.safe_load(committed_params) != yaml.safe_load(
-        Path("params.yaml").read_text()
-    ):
+    params_differ = committed_params is not None and yaml.safe_load(
+        committed_params
+    ) != yaml.safe_load(Path("params.yaml").read_text())
+    if params_differ:
         print(
             "note: params.yaml differs from HEAD's: the band is for the committed params "
             "(`git diff params.yaml`); compare experiments with `mnist-cnn-compare`"
         )
     differences = sorted({line for found in environments.values() for line in found})
     if differences:
-        print("environment: differs from the committed run's (expect results inside the band,")
-        print("  not bit-identical to it):")
+        print("environment: differs from the committed run's (with the committed params,")
+        print("  expect results inside the band, not bit-identical to it):")
         print("\n".join(f"  {line}" for line in differences))
-    elif environments:
+    elif environments and not params_differ:
         print("environment: the same as the committed run's (expect the committed numbers exactly)")
+    elif environments:
+        print("environment: the same as the committed run's")
     print(
         "verdict: "
         + (
