@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
+import yaml
 from pydantic import BaseModel
 
 from mnist_cnn.datasets import DATASETS
@@ -37,6 +38,24 @@ TINY_OVERRIDE = {
         key: {"train": {"epochs": 1, "model": {"convs_per_block": [1, 1]}}} for key in DATASETS
     },
 }
+
+
+def committed_text(path: str) -> str:
+    """A project file as HEAD has it (the working file outside a git checkout).
+
+    Tests about the project's defaults read params.yaml this way: `dvc exp run -S` (and
+    `make repro` elsewhere) rewrites files in the workspace, and the suite must pass after
+    it. (So an uncommitted edit of params.yaml is seen by the tests once committed.)
+    """
+    result = subprocess.run(
+        ["git", "show", f"HEAD:{path}"], cwd=PROJECT_ROOT, capture_output=True, text=True
+    )
+    return result.stdout if result.returncode == 0 else (PROJECT_ROOT / path).read_text()
+
+
+def committed_params() -> dict:
+    """The committed params.yaml as plain YAML data."""
+    return yaml.safe_load(committed_text("params.yaml"))
 
 
 def changed(section: BaseModel, **changes) -> BaseModel:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
-import yaml
 
 from mnist_cnn.bench import (
     KERAS_IO_PRESET,
@@ -20,9 +19,9 @@ from mnist_cnn.bench import (
 )
 from mnist_cnn.input_pipeline import training_dataset
 from mnist_cnn.model import build_model, compile_model
-from mnist_cnn.params import ModelParams, Params, TrainParams, load_params
+from mnist_cnn.params import ModelParams, Params, TrainParams
 from mnist_cnn.peer import BATCH_SIZE, keras_io_convnet, published_inputs
-from tests.conftest import PROJECT_ROOT
+from tests.conftest import PROJECT_ROOT, committed_params
 
 
 def layer_summary(model: keras.Model) -> list[tuple]:
@@ -64,7 +63,7 @@ def test_preset_keys_exist_in_params():
 
 def preset_train() -> TrainParams:
     """The train section the bench's stage process reads (the preset over params.yaml)."""
-    raw = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+    raw = committed_params()
     return Params.model_validate(preset_params_file(raw, "mnist", epochs=2)).train_for("mnist")
 
 
@@ -110,7 +109,7 @@ def test_stage_speed_pattern_matches_the_train_stage_line():
 
 
 def test_stage_preset_params_are_valid_and_train_the_keras_io_convnet():
-    raw = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+    raw = committed_params()
     params = Params.model_validate(preset_params_file(raw, "fashion_mnist", epochs=2))
     train = params.train_for("fashion_mnist")  # its own overrides must not apply
     assert train.epochs == 2 and not train.early_stopping.enabled
@@ -119,9 +118,9 @@ def test_stage_preset_params_are_valid_and_train_the_keras_io_convnet():
 
 
 def test_previous_default_is_a_valid_recipe_that_differs_from_today():
-    raw = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+    raw = committed_params()
     previous = validate_overlay(raw, PREVIOUS_DEFAULT)
-    current = load_params(PROJECT_ROOT / "params.yaml")
+    current = Params.model_validate(raw)
     for key in ("mnist", "fashion_mnist"):
         assert previous.train_for(key).model_dump() != current.train_for(key).model_dump(), key
     # Its augmentation: ±2 px shifts, and flips for clothes; nothing else.

@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 
 from mnist_cnn.model import build_model, compile_model, learning_rate_schedule
-from mnist_cnn.params import ModelParams, TrainParams, load_params
-from tests.conftest import PROJECT_ROOT, changed
+from mnist_cnn.params import ModelParams, TrainParams, validate_params
+from tests.conftest import changed, committed_params
 
 
 @pytest.fixture(scope="module")
 def model_params() -> ModelParams:
-    return load_params(PROJECT_ROOT / "params.yaml").train.model
+    return validate_params(committed_params()).train.model
 
 
 def layers_of(model, kind):
@@ -62,7 +62,7 @@ def test_every_architecture_param_is_used(model_params):
 
 @pytest.fixture(scope="module")
 def train_params() -> TrainParams:
-    return load_params(PROJECT_ROOT / "params.yaml").train
+    return validate_params(committed_params()).train
 
 
 def rate_at(schedule, step: int) -> float:

@@ -16,13 +16,13 @@ from mnist_cnn.params import (
     load_params,
     validate_params,
 )
-from tests.conftest import PROJECT_ROOT
+from tests.conftest import PROJECT_ROOT, committed_params
 
 
 @pytest.fixture
 def params() -> dict:
     """The committed params.yaml as plain YAML data, to be broken by each test."""
-    return yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+    return committed_params()
 
 
 def with_value(params: dict, dotted: str, value):
@@ -286,5 +286,4 @@ def test_parameters_page_matches_the_schema_and_params_yaml():
     page = (PROJECT_ROOT / "docs/parameters.md").read_text()
     block = page.split("<!-- generated: python -m mnist_cnn.params --reference -->\n")[1]
     block = block.split("<!-- end generated -->")[0]
-    raw = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
-    assert block == reference_table(raw)
+    assert block == reference_table(committed_params())

@@ -31,6 +31,7 @@ from mnist_cnn.params import deep_merge
 from tests.conftest import (
     PROJECT_ROOT,
     TINY_OVERRIDE,
+    committed_params,
     processes_under,
     run_bounded,
     stop_processes_under,
@@ -123,7 +124,8 @@ def project(tmp_path_factory) -> Path:
             shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy2(source, target)
-    params = deep_merge(yaml.safe_load((root / "params.yaml").read_text()), TINY_OVERRIDE)
+    # HEAD's params.yaml, not the workspace's (an experiment may have rewritten it).
+    params = deep_merge(committed_params(), TINY_OVERRIDE)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(["git", "init", "-q"], root)
     run(["git", "add", "-A"], root)

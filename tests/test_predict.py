@@ -19,7 +19,7 @@ from mnist_cnn.predict import (
     to_dataset_format,
 )
 from mnist_cnn.preprocessing import normalize_images
-from tests.conftest import PROJECT_ROOT
+from tests.conftest import committed_text
 
 
 def digit_like(rng) -> np.ndarray:
@@ -197,7 +197,7 @@ def test_unreadable_files_name_the_problem(tmp_path):
 def test_test_time_shifts_follow_the_pipeline_params(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert pipeline_shift_pixels("fashion_mnist") == 0  # no params.yaml: one view
-    raw = (PROJECT_ROOT / "params.yaml").read_text()
+    raw = committed_text("params.yaml")
     (tmp_path / "params.yaml").write_text(raw)
     expected = {"mnist": 0, "fashion_mnist": 1}  # the committed evaluate settings
     assert {key: pipeline_shift_pixels(key) for key in expected} == expected

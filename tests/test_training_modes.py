@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from mnist_cnn.params import deep_merge
-from tests.conftest import PROJECT_ROOT, TINY_OVERRIDE
+from tests.conftest import PROJECT_ROOT, TINY_OVERRIDE, committed_params
 
 pytestmark = pytest.mark.integration
 
@@ -44,7 +44,7 @@ def run_stage(workspace: Path, *args: str, env: dict | None = None) -> str:
 
 
 def set_train_params(workspace: Path, train: dict) -> None:
-    base = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+    base = committed_params()
     params = deep_merge(deep_merge(base, TINY_OVERRIDE), {"train": train})
     (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
