@@ -325,7 +325,7 @@ def test_predict_matches_evaluate_and_reports_bad_files(project, first_run, tmp_
     assert answers[0] == {"path": str(missing), "error": "no such file"}
     # The good file in the batch is still predicted.
     assert answers[1]["predictions"][0]["class"] == good_class.rsplit(",", 1)[1]
-    assert answers[2]["error"].startswith("not an image")
+    assert answers[2]["error"].startswith("not a PNG, JPEG, GIF, BMP, TIFF or WebP image")
     assert answers[3]["error"].startswith("corrupt image")
     assert "too many pixels" in answers[4]["error"]
     assert answers[5]["error"].startswith("no object found")
