@@ -58,10 +58,21 @@ def param_text(value) -> str:
 
 
 def param_columns(rows: list[dict], sections: list[str]) -> list[str]:
-    """The exp-show columns that are params: dotted names under a params.yaml section
-    (also keys an experiment added with `-S '+a.b=…'`, which params.yaml lacks)."""
+    """The exp-show columns that are params.yaml's params: dotted names under one of its
+    sections (also keys an experiment added with `-S '+a.b=…'`, which params.yaml lacks).
+
+    DVC prefixes a param with its file when another params file has the same name — here
+    each dataset's effective settings, data/params/<ds>.yaml — so `params.yaml:train.epochs`
+    counts as `train.epochs`; the effective files' own columns are left out.
+    """
     names = dict.fromkeys(name for row in rows for name in row)
-    return [name for name in names if name.split(".")[0] in sections and ":" not in name]
+    return [name for name in names if (bare := param_name(name)) and bare.split(".")[0] in sections]
+
+
+def param_name(column: str) -> str | None:
+    """`train.epochs` for `train.epochs` or `params.yaml:train.epochs`; None for others."""
+    bare = column.removeprefix("params.yaml:")
+    return None if ":" in bare else bare
 
 
 def baseline_row(rows: list[dict]) -> dict:
@@ -87,7 +98,7 @@ def comparison_table(rows: list[dict], sections: list[str]) -> pd.DataFrame:
     table = []
     for row in rows:
         entry = {"experiment": row_label(row)}
-        entry.update({name: param_text(row.get(name)) for name in changed})
+        entry.update({param_name(name): param_text(row.get(name)) for name in changed})
         for key in DATASETS:
             paths = DatasetPaths(key)
             test, training = paths.test_metrics.as_posix(), paths.training_summary.as_posix()
@@ -104,9 +115,9 @@ def comparison_table(rows: list[dict], sections: list[str]) -> pd.DataFrame:
 def group_label(row: dict, baseline: dict, changed: list[str]) -> str:
     """The params (other than the seed) an experiment sets apart from the baseline."""
     parts = [
-        f"{name}={param_text(row.get(name))}"
+        f"{param_name(name)}={param_text(row.get(name))}"
         for name in changed
-        if name != SEED_PARAM and row.get(name) != baseline.get(name)
+        if param_name(name) != SEED_PARAM and row.get(name) != baseline.get(name)
     ]
     return ", ".join(parts) or COMMITTED_PARAMS
 
@@ -127,7 +138,7 @@ def seed_runs(rows: list[dict], sections: list[str]) -> pd.DataFrame:
             accuracy = _value(row, test, "accuracy")
             if accuracy is None:
                 continue
-            seed = row.get(SEED_PARAM)
+            seed = row.get(SEED_PARAM, row.get(f"params.yaml:{SEED_PARAM}"))
             records.append(
                 {
                     "group": group_label(row, baseline, changed),

@@ -140,3 +140,22 @@ def test_spread_picture_with_groups(seed_sweep, sections, tmp_path):
     png = tmp_path / "spread.png"
     plot_comparison(seed_runs(seed_sweep, sections), {}, png)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_params_prefixed_with_their_file_count_once(rows, sections):
+    """With each dataset's effective settings in data/params/<ds>.yaml, DVC prefixes
+    colliding names with their file: params.yaml's count, the effective files' do not."""
+
+    def prefixed(row: dict) -> dict:
+        out = {}
+        for name, value in row.items():
+            if name.split(".")[0] in ("train", "datasets"):
+                out[f"params.yaml:{name}"] = value
+                out[f"data/params/mnist.yaml:{name}"] = value
+            else:
+                out[name] = value
+        return out
+
+    table = comparison_table([prefixed(row) for row in rows], sections)
+    swept = [name for name in table.columns if "." in name]
+    assert swept == ["datasets.mnist.train.epochs", "datasets.mnist.train.learning_rate"]
