@@ -565,12 +565,6 @@ def test_queued_sweep_runs_both_points(project, tmp_path):
     assert swept[0.002]["metrics"] != swept[0.004]["metrics"]
 
 
-def test_same_seed_gives_same_metrics(project, first_run):
-    output = dvc(project, "repro", "--force", "--single-item", "train@mnist", "evaluate@mnist")
-    assert stages_run(output) == {"train@mnist", "evaluate@mnist"}
-    assert read_metrics(project)["mnist"] == first_run["metrics"]["mnist"]
-
-
 def test_bad_param_fails_fast_and_loses_nothing(project, first_run):
     """The commonest mistake: an out-of-range value. DVC must stop before it removes
     any output, with one line that names the key, the value and what is allowed."""
