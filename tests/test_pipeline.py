@@ -678,13 +678,11 @@ def workspace_row(table: list[dict]) -> dict:
     return row.get("data", {})
 
 
-def test_exp_show_reports_epochs_while_the_stage_trains(project, first_run, tmp_path):
-    """Progress the DVC way: while `dvc exp run` trains, `dvc exp show --json` reads the
-    epochs finished so far from the stage's declared metrics file (and plots/ its rows)."""
-    log = tmp_path / "exp.log"
+def start_in_background(args: list[str], project: Path, log: Path) -> subprocess.Popen:
+    """Start a DVC command in its own process group (to kill whole), output to `log`."""
     with log.open("w") as handle:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "dvc", "exp", "run", "-S", "datasets.mnist.train.epochs=60"],
+        return subprocess.Popen(
+            args,
             cwd=project,
             env=command_env(),
             stdin=subprocess.DEVNULL,
@@ -692,6 +690,17 @@ def test_exp_show_reports_epochs_while_the_stage_trains(project, first_run, tmp_
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+
+
+def test_exp_show_reports_epochs_while_the_stage_trains(project, first_run, tmp_path):
+    """Progress the DVC way: while `dvc exp run` trains, `dvc exp show --json` reads the
+    epochs finished so far from the stage's declared metrics file (and plots/ its rows)."""
+    log = tmp_path / "exp.log"
+    process = start_in_background(
+        [sys.executable, "-m", "dvc", "exp", "run", "-S", "datasets.mnist.train.epochs=60"],
+        project,
+        log,
+    )
     summary = project / "metrics/mnist_training.json"
     try:
         deadline = time.monotonic() + 200
@@ -720,16 +729,9 @@ def test_kill_during_training_then_repro_completes(project, first_run, tmp_path)
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
     log = tmp_path / "repro.log"
-    with log.open("w") as handle:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "dvc", "repro", "train@mnist"],
-            cwd=project,
-            env=command_env(),
-            stdin=subprocess.DEVNULL,
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    process = start_in_background(
+        [sys.executable, "-m", "dvc", "repro", "train@mnist"], project, log
+    )
     try:
         deadline = time.monotonic() + 150
         # Wait until Keras has started the second epoch (one line per epoch in a log).
