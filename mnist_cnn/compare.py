@@ -4,7 +4,7 @@
     mnist-cnn-compare --md               # the same as Markdown (or --csv)
     mnist-cnn-compare --by-seed          # only the seed groups: n, mean ± std, min-max
     mnist-cnn-compare --png sweep.png    # also a picture: validation curves, test accuracy
-    mnist-cnn-compare --seed-runs F.csv  # also one row per experiment and dataset, to F.csv
+    mnist-cnn-compare --seed-runs F.csv  # also one row per experiment and dataset, into F.csv
 
 `dvc exp show` lists every param, metric and dependency hash (dozens of columns); this
 shows what a comparison needs: the params that differ from the baseline, then per dataset
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from mnist_cnn.artifacts import DatasetPaths
+from mnist_cnn.artifacts import DatasetPaths, atomic_path
 from mnist_cnn.datasets import DATASETS
 
 SHOWN_TYPES = ("baseline", "branch_base", "branch_commit")
@@ -161,6 +161,18 @@ def seed_runs(rows: list[dict], sections: list[str]) -> pd.DataFrame:
     return frame.sort_values(["group", "dataset", "seed"], kind="stable").reset_index(drop=True)
 
 
+def merge_seed_runs(previous: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
+    """A study file's rows updated with new runs: a (group, seed, dataset) run now is
+    replaced, every other row is kept.
+
+    Experiments live in the repository that ran them (until `dvc exp push`), so a study
+    spread over several sessions or machines accumulates in its file, not in `dvc exp show`.
+    """
+    merged = pd.concat([new, previous], ignore_index=True)
+    merged = merged.drop_duplicates(["group", "seed", "dataset"], keep="first")
+    return merged.sort_values(["group", "dataset", "seed"], kind="stable").reset_index(drop=True)
+
+
 def seed_groups(runs: pd.DataFrame) -> pd.DataFrame:
     """Per group and dataset: n and the mean, std (n-1), min and max of test and
     validation accuracy over the seeds."""
@@ -262,7 +274,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--png", type=Path, help="also draw the comparison into this PNG")
     parser.add_argument(
-        "--seed-runs", type=Path, help="also write one CSV row per experiment and dataset here"
+        "--seed-runs",
+        type=Path,
+        help="also write one CSV row per experiment and dataset into this file (rows of "
+        "other runs already in it are kept; a run's earlier row is replaced)",
     )
     parser.add_argument("--rev", default=None, help="baseline commit (default: HEAD)")
     args = parser.parse_args(argv)
@@ -289,8 +304,12 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(shown_table.to_string(index=False, float_format=lambda v: f"{v:.4f}"), end="\n\n")
     if args.seed_runs:
-        runs.to_csv(args.seed_runs, index=False)
-        print(f"compare: wrote {args.seed_runs}", file=sys.stderr)
+        study = runs
+        if args.seed_runs.exists():
+            study = merge_seed_runs(pd.read_csv(args.seed_runs), runs)
+        with atomic_path(args.seed_runs) as tmp:
+            study.to_csv(tmp, index=False)
+        print(f"compare: wrote {args.seed_runs} ({len(study)} rows)", file=sys.stderr)
     if args.png:
         from dvc.exceptions import PathMissingError
 

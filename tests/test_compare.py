@@ -15,6 +15,7 @@ import yaml
 from mnist_cnn.compare import (
     COMMITTED_PARAMS,
     comparison_table,
+    merge_seed_runs,
     plot_comparison,
     read_histories,
     seed_group_table,
@@ -134,6 +135,20 @@ def test_seed_group_table_reads_as_mean_std_and_range(seed_sweep, sections):
     row = text[text["params (besides seed)"] == COMMITTED_PARAMS].iloc[0]
     assert row["mnist n"] == 3
     assert row["mnist test accuracy"] == "99.60 ± 0.10 % (99.50–99.70)"
+
+
+def test_a_study_file_keeps_other_runs_and_replaces_a_runs_earlier_row(seed_sweep, sections):
+    runs = seed_runs(seed_sweep, sections)
+    mnist = runs[(runs["dataset"] == "mnist") & (runs["group"] == COMMITTED_PARAMS)]
+    earlier = mnist[mnist["seed"] != 2].assign(test_accuracy=0.5)  # from another session
+    earlier = pd.concat([earlier, earlier[earlier["seed"] == 42].assign(seed=7)])
+    merged = merge_seed_runs(earlier, mnist[mnist["seed"] != 1])
+    by_seed = merged.set_index("seed")["test_accuracy"]
+    assert sorted(by_seed.index) == [1, 2, 7, 42]
+    assert by_seed[1] == 0.5  # only in the file: kept
+    assert by_seed[7] == 0.5
+    assert by_seed[42] == 0.9960  # run again: the new row replaces the earlier one
+    assert by_seed[2] == 0.9970
 
 
 def test_spread_picture_with_groups(seed_sweep, sections, tmp_path):
