@@ -7,10 +7,21 @@ BIN    := $(VENV)/bin
 # Stage commands in dvc.yaml call `python`: put the venv first on PATH.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup repro test test-fast lint format bench compare check-results seed-study restore lock clean-venv
+.PHONY: setup trial repro test test-fast lint format bench compare check-results seed-study restore lock clean-venv
 
 setup:
 	@bash scripts/setup.sh
+
+# The one-minute trial: the whole pipeline, both datasets, on a class-balanced subset for one
+# epoch, as a DVC experiment in a temporary workspace (the workspace and its results stay
+# as they are; `dvc exp show` lists it). A check that everything runs, not a result: it
+# scored MNIST 94.7 % and Fashion-MNIST 77.7 % (test, 1000 images) on a 2-vCPU AMD EPYC.
+TRIAL_PARAMS := -S preprocess.max_train_samples=5000 -S preprocess.max_test_samples=1000 \
+  -S train.epochs=1 -S train.lr_schedule.warmup_epochs=0 -S datasets.fashion_mnist.train.epochs=1 \
+  -S train.batch_size=32
+trial: setup          ## the whole pipeline on 5000 images for 1 epoch, in a temporary workspace (~1-2 min)
+	dvc exp run --temp $(TRIAL_PARAMS)
+	dvc exp show --drop '.*' --keep 'Experiment|Created|metrics/[a-z_]+\.json:(val_)?accuracy$$'
 
 repro: setup          ## run the whole pipeline (both datasets)
 	dvc repro

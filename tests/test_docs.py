@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 from tests.conftest import PROJECT_ROOT
 
@@ -60,3 +61,26 @@ def test_console_scripts_are_the_documented_commands():
 
     scripts = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert {name: target.split(":")[0] for name, target in scripts.items()} == COMMANDS
+
+
+def test_the_one_minute_trial_is_a_valid_one_epoch_subset_of_the_committed_params():
+    """`make trial`'s overrides pass the params schema (as `check_params` would judge them)
+    and give every dataset one epoch on a subset."""
+    from mnist_cnn.params import validate_params
+    from tests.conftest import committed_params
+
+    makefile = (PROJECT_ROOT / "Makefile").read_text()
+    recipe = makefile.split("\nTRIAL_PARAMS :=", 1)[1].split("\ntrial:", 1)[0]
+    overrides = re.findall(r"-S (\S+)=(\S+)", recipe)
+    assert overrides
+    raw = committed_params()
+    for key, value in overrides:
+        *parents, leaf = key.split(".")
+        node = raw
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[leaf] = yaml.safe_load(value)
+    params = validate_params(raw)
+    assert params.preprocess.max_train_samples is not None
+    for dataset in params.datasets:
+        assert params.train_for(dataset).epochs == 1
