@@ -2,6 +2,7 @@
 
     python -m mnist_cnn.report           # rewrite the generated blocks from metrics/
     python -m mnist_cnn.report --check   # exit 1 if a page differs from what it would write
+    python -m mnist_cnn.report seeds     # print one table (results, seeds, groups)
 
 Each table sits between `<!-- generated: python -m mnist_cnn.report NAME -->` and
 `<!-- end generated -->`; everything else on the pages is hand-written. The numbers come
@@ -23,7 +24,7 @@ import pandas as pd
 
 from mnist_cnn.artifacts import DatasetPaths
 from mnist_cnn.check_results import SEED_STUDY, prediction_band
-from mnist_cnn.compare import COMMITTED_PARAMS
+from mnist_cnn.compare import COMMITTED_PARAMS, seed_groups, short_label, spread_text
 from mnist_cnn.datasets import DATASETS
 
 PAGES = {"README.md": ["results"], "docs/results.md": ["results", "seeds"]}
@@ -90,7 +91,35 @@ def seeds_table(read: Reader) -> str:
     return "\n".join(lines) + "\n"
 
 
-TABLES = {"results": results_table, "seeds": seeds_table}
+def groups_table(read: Reader) -> str:
+    """Every group of the study (params apart from the seed) per dataset: n, mean ± std."""
+    study = pd.read_csv(io.StringIO(read(SEED_STUDY)))
+    lines = [
+        "| params (besides seed) | dataset | seeds | test accuracy | validation accuracy |",
+        "|---|---|---|---|---|",
+    ]
+    for _, row in seed_groups(study).iterrows():
+        spreads = [
+            spread_text(row[f"{s} mean"], row[f"{s} std"], row[f"{s} min"], row[f"{s} max"])
+            for s in ("test", "val")
+        ]
+        seeds = ", ".join(
+            str(seed)
+            for seed in sorted(
+                study[(study["group"] == row["group"]) & (study["dataset"] == row["dataset"])][
+                    "seed"
+                ]
+            )
+        )
+        lines.append(
+            f"| {short_label(row['group'])} | {DATASETS[row['dataset']].title} | {seeds} | "
+            + " | ".join(spreads)
+            + " |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+TABLES = {"results": results_table, "seeds": seeds_table, "groups": groups_table}
 
 
 def marker(name: str) -> str:
@@ -118,8 +147,16 @@ def workspace_reader(root: Path = Path()) -> Reader:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="only report pages that differ")
+    parser.add_argument(
+        "tables", nargs="*", help=f"print these tables ({', '.join(TABLES)}), rewrite nothing"
+    )
     args = parser.parse_args(argv)
+    if unknown := [name for name in args.tables if name not in TABLES]:
+        parser.error(f"no table {', '.join(unknown)}: choose from {', '.join(TABLES)}")
     read, stale = workspace_reader(), []
+    if args.tables:
+        print("\n".join(TABLES[name](read) for name in args.tables), end="")
+        return 0
     for page_name, names in PAGES.items():
         path = Path(page_name)
         text = path.read_text()

@@ -10,7 +10,7 @@ import pytest
 
 from mnist_cnn.check_results import SEED_STUDY, committed_text
 from mnist_cnn.compare import COMMITTED_PARAMS
-from mnist_cnn.report import END, PAGES, marker, render
+from mnist_cnn.report import END, PAGES, groups_table, marker, render
 from tests.conftest import PROJECT_ROOT
 
 
@@ -50,6 +50,13 @@ def test_blocks_are_replaced_and_the_rest_kept():
     assert "| 20 (18) |" in rendered
     assert "| 2 | 99.66 % | 99.56 % | 94.50 % | 94.40 % | AMD EPYC |" in rendered
     assert render(rendered, ["results", "seeds"], lambda path: files[Path(path)]) == rendered
+
+
+def test_groups_table_has_every_group_and_its_seeds():
+    files = fake_files()
+    table = groups_table(lambda path: files[Path(path)])
+    assert "| committed params | MNIST | 1, 2, 3 | 99.66 ± 0.02 % (99.64–99.68) |" in table
+    assert "| epochs=1 | MNIST | 1 | 50.00 % (1 seed) |" in table
 
 
 def test_missing_block_is_an_error():
