@@ -27,7 +27,7 @@ from mnist_cnn.check_results import SEED_STUDY, prediction_band
 from mnist_cnn.compare import COMMITTED_PARAMS, seed_groups, short_label, spread_text
 from mnist_cnn.datasets import DATASETS
 
-PAGES = {"README.md": ["results"], "docs/results.md": ["results", "seeds"]}
+PAGES = {"README.md": ["results"], "docs/results.md": ["results", "seeds", "groups"]}
 Reader = Callable[[Path], str]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -84,3 +85,39 @@ def test_the_one_minute_trial_is_a_valid_one_epoch_subset_of_the_committed_param
     assert params.preprocess.max_train_samples is not None
     for dataset in params.datasets:
         assert params.train_for(dataset).epochs == 1
+
+
+def heading_anchors(page: Path) -> set[str]:
+    """GitHub's anchors for a page's headings: lower case, punctuation dropped, spaces
+    to hyphens."""
+    anchors = set()
+    for line in page.read_text().splitlines():
+        if match := re.match(r"#{1,6} (.+)", line):
+            text = re.sub(r"[^\w\- ]", "", match.group(1).lower())
+            anchors.add(text.replace(" ", "-"))
+    return anchors
+
+
+def test_links_between_pages_and_their_anchors_resolve():
+    broken = []
+    for page in PAGES:
+        for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):
+            if re.match(r"[a-z]+:", target):  # https:, mailto:
+                continue
+            path, _, anchor = target.partition("#")
+            linked = (page.parent / path).resolve() if path else page
+            if not linked.exists():
+                broken.append(f"{page.name}: {target} (no such file)")
+            elif anchor and anchor not in heading_anchors(linked):
+                broken.append(f"{page.name}: {target} (no such heading)")
+    assert not broken
+
+
+def test_tests_the_docs_name_exist():
+    defined = set()
+    for module in (PROJECT_ROOT / "tests").glob("test_*.py"):
+        defined |= set(re.findall(r"^def (test_\w+)", module.read_text(), flags=re.MULTILINE))
+    named = set()
+    for page in PAGES:
+        named |= set(re.findall(r"`(test_\w+)`", page.read_text()))
+    assert named and not named - defined, named - defined
