@@ -42,7 +42,7 @@ format: setup         ## apply ruff's formatting and safe fixes
 	ruff format .
 	ruff check --fix .
 
-bench: setup          ## the keras.io convnet as published vs our train stage, throughput, time to accuracy (~21 min)
+bench: setup          ## the keras.io convnet as published vs our train stage, throughput, time to accuracy (~20 min)
 	dvc repro preprocess@mnist
 	mnist-cnn-bench
 
