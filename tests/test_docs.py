@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -121,3 +122,36 @@ def test_tests_the_docs_name_exist():
     for page in PAGES:
         named |= set(re.findall(r"`(test_\w+)`", page.read_text()))
     assert named and not named - defined, named - defined
+
+
+def documented_dvc_commands() -> list[tuple[str, list[str]]]:
+    """Every `dvc …` command line in the pages' bash/console blocks, as arguments."""
+    found = []
+    for page in PAGES:
+        blocks = re.findall(r"```(?:bash|console)\n(.*?)```", page.read_text(), flags=re.S)
+        for line in "\n".join(blocks).splitlines():
+            line = re.split(r"\s#", line.removeprefix("$ "))[0]
+            words: list[str] = []
+            for word in [*shlex.split(line), "&&"]:
+                if word in ("&&", "||", "|", ";"):
+                    if words[:1] == ["dvc"]:
+                        found.append((page.name, words[1:]))
+                    words = []
+                else:
+                    words.append(word)
+    return found
+
+
+def test_documented_dvc_commands_parse_with_the_locked_dvc():
+    """Each `dvc` command the docs show (subcommand, flags, their values) is accepted by
+    the parser of the DVC version in the lock; an option a release renamed fails here."""
+    from dvc.cli import parse_args
+
+    commands = documented_dvc_commands()
+    rejected = []
+    for page, arguments in commands:
+        try:
+            parse_args(arguments)
+        except (SystemExit, Exception):  # argparse exits; DVC raises DvcParserError
+            rejected.append(f"{page}: dvc {shlex.join(arguments)}")
+    assert len(commands) > 20 and not rejected
