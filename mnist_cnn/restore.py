@@ -12,6 +12,8 @@ It never destroys work that exists nowhere else:
     bring it back with (`dvc exp apply <name>`) is printed.
   - After a *failed* run nothing is lost: every stage that finished has its outputs in
     DVC's cache (and run-cache), and a failed stage's outputs were already removed by DVC.
+    An interrupted train stage leaves only its progress files (the training summary with
+    `"in_progress": true` and the history so far): those are dropped, not kept.
 Then `git checkout HEAD -- params.yaml dvc.lock metrics plots` and `dvc checkout`
 (without --force: DVC would ask before overwriting anything it holds no copy of).
 """
@@ -24,6 +26,9 @@ import shutil
 import subprocess
 import sys
 import time
+
+from mnist_cnn.artifacts import DatasetPaths
+from mnist_cnn.datasets import DATASETS
 
 GIT_TRACKED_RESULTS = ["params.yaml", "dvc.lock", "metrics", "plots"]
 
@@ -41,6 +46,21 @@ def modified_outputs(status: dict) -> list[str]:
             outs = entry.get("changed outs", {}) if isinstance(entry, dict) else {}
             found.extend(path for path, state in outs.items() if state == "modified")
     return sorted(set(found))
+
+
+def interrupted_training_files() -> set[str]:
+    """The progress files an interrupted train stage left: its summary still says
+    `"in_progress": true`, and the history beside it holds the epochs it finished."""
+    leftovers = set()
+    for key in DATASETS:
+        paths = DatasetPaths(key)
+        try:
+            summary = json.loads(paths.training_summary.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(summary, dict) and summary.get("in_progress") is True:
+            leftovers |= {paths.training_summary.as_posix(), paths.history.as_posix()}
+    return leftovers
 
 
 def run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -67,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def restore(discard: bool = False) -> None:
     status = json.loads(run("dvc", "status", "--json").stdout or "{}")
-    modified = modified_outputs(status)
+    leftovers = interrupted_training_files()
+    modified = [path for path in modified_outputs(status) if path not in leftovers]
     if modified:
         listed = "\n  ".join(modified)
         raise RestoreRefused(
@@ -87,6 +108,10 @@ def restore(discard: bool = False) -> None:
             f"restore: the workspace held a finished run (not a failed one): saved it as "
             f"experiment {name}; `dvc exp apply {name}` brings it back, `dvc exp remove "
             f"{name}` drops it"
+        )
+    if leftovers:
+        print(
+            f"restore: dropping an interrupted training run's progress: {', '.join(sorted(leftovers))}"
         )
     run("git", "checkout", "HEAD", "--", *GIT_TRACKED_RESULTS)
     run("dvc", "checkout")

@@ -722,7 +722,8 @@ def test_exp_show_reports_epochs_while_the_stage_trains(project, first_run, tmp_
 
 
 def test_kill_during_training_then_repro_completes(project, first_run, tmp_path):
-    """kill -9 of the whole `dvc repro` process group mid-training loses nothing."""
+    """kill -9 of the whole `dvc repro` process group mid-training loses nothing, and
+    `make restore` then brings the committed state back."""
     model = project / "models" / "mnist.keras"
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["datasets"]["mnist"]["train"]["epochs"] = 100  # long enough to be killed mid-training
@@ -749,8 +750,14 @@ def test_kill_during_training_then_repro_completes(project, first_run, tmp_path)
     assert not model.exists() or model.stat().st_size > 0
     assert not list((project / "models").glob("*.tmp*"))
 
-    # The next run (same params as the first run) completes and reproduces its results.
-    run(["git", "checkout", "HEAD", "--", "params.yaml"], project)
+    # The killed stage left its progress files (epochs so far, "in_progress": true):
+    # `make restore` drops them and brings every committed result back, models included.
+    summary = json.loads((project / "metrics/mnist_training.json").read_text())
+    assert summary.get("in_progress") is True
+    result = run(["bash", "-c", RECOVER], project)
+    assert "dropping an interrupted training run's progress" in result
+    assert git_status(project) == ""
+    # The next run (the first run's params) completes: nothing is left to re-run.
     dvc(project, "repro")
     assert "Data and pipelines are up to date" in dvc(project, "status")
     assert read_metrics(project)["mnist"] == first_run["metrics"]["mnist"]
