@@ -59,6 +59,10 @@ def sources_for(spec: DatasetSpec, local_dir: str = "") -> list[Source]:
     sources = []
     user_dir = local_dir or os.environ.get(LOCAL_DIR_ENV, "")
     if user_dir:
+        # Both datasets name their files alike: one directory can hold a subdirectory
+        # per dataset (mnist/, fashion_mnist/), used when it exists.
+        if (Path(user_dir) / spec.key).is_dir():
+            user_dir = str(Path(user_dir) / spec.key)
         sources.append(Source(f"local directory {user_dir}", user_dir))
     label, package_dir = offline_package_dir(spec.key)
     sources.append(Source(label, str(package_dir) if package_dir else None))

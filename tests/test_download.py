@@ -129,6 +129,17 @@ def test_source_order(tmp_path, monkeypatch):
     assert fashion[1:] == [f"mirror {url}" for url in FASHION_MNIST.mirrors]
 
 
+def test_one_local_directory_serves_both_datasets_through_subdirectories(tmp_path, monkeypatch):
+    """MNIST and Fashion-MNIST name their files alike: a directory with `mnist/` and
+    `fashion_mnist/` gives each dataset its own; a directory without them is used as is."""
+    monkeypatch.delenv(LOCAL_DIR_ENV, raising=False)
+    for spec in (MNIST, FASHION_MNIST):
+        (tmp_path / spec.key).mkdir()
+        first = sources_for(spec, str(tmp_path))[0]
+        assert first.location == str(tmp_path / spec.key)
+    assert sources_for(MNIST, str(tmp_path / "mnist"))[0].location == str(tmp_path / "mnist")
+
+
 class QuietHandler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *args):  # keep test output clean
         pass
