@@ -43,9 +43,16 @@ def _value(row: dict, path: str, name: str):
     return row.get(f"{path}:{name}", row.get(name))
 
 
+def finished(row: dict) -> bool:
+    """A commit, or an experiment that succeeded: a running one already shows its
+    epochs so far (live progress) beside the previous run's test metrics."""
+    return row.get("State") in (None, "Success")
+
+
 def row_label(row: dict) -> str:
     name, rev = row.get("Experiment"), str(row.get("rev") or "")[:7]
-    return f"{name} ({rev})" if name and row.get("typ") != "baseline" else f"baseline ({rev})"
+    label = f"{name} ({rev})" if name and row.get("typ") != "baseline" else f"baseline ({rev})"
+    return label if finished(row) else f"{label} [{str(row.get('State')).lower()}]"
 
 
 def param_text(value) -> str:
@@ -127,11 +134,13 @@ def seed_runs(rows: list[dict], sections: list[str]) -> pd.DataFrame:
 
     A group is a set of params apart from the seed. Each (group, seed) counts once: an
     experiment over the baseline commit's own run, which may come from another machine.
-    Queued, running and failed experiments have no results yet and are left out.
+    Only finished runs count: queued, running and failed experiments are left out.
     """
     changed, baseline = changed_params(rows, sections), baseline_row(rows)
     records = []
-    for row in filter(shown, rows):
+    for row in rows:
+        if not (shown(row) and finished(row)):
+            continue
         for key in DATASETS:
             paths = DatasetPaths(key)
             test, training = paths.test_metrics.as_posix(), paths.training_summary.as_posix()

@@ -178,14 +178,14 @@ def test_committed_run_lies_inside_the_committed_seed_band():
 
 @pytest.mark.committed_results
 def test_seed_study_covers_the_committed_run_with_enough_seeds():
-    """At least 3 seeds per dataset (with fewer, the t-based band is wider than useful),
-    one of them the committed params' own seed, on one kind of CPU."""
+    """At least 5 seeds per dataset (the issue's floor: with 3 the t-based band is
+    mean ± 5 std), one of them the committed params' own seed, on one kind of CPU."""
     frame = pd.read_csv(io.StringIO(committed_text(SEED_STUDY, PROJECT_ROOT) or ""))
     committed = frame[frame["group"] == COMMITTED_PARAMS]
     params = yaml.safe_load(committed_text(Path("params.yaml"), PROJECT_ROOT) or "")
     for key in DATASETS:
         seeds = set(committed.loc[committed["dataset"] == key, "seed"])
-        assert len(seeds) >= 3 and params["seed"] in seeds, seeds
+        assert len(seeds) >= 5 and params["seed"] in seeds, seeds
     assert committed["cpu"].nunique() == 1
 
 

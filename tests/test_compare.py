@@ -137,6 +137,16 @@ def test_seed_group_table_reads_as_mean_std_and_range(seed_sweep, sections):
     assert row["mnist test accuracy"] == "99.60 ± 0.10 % (99.50–99.70)"
 
 
+def test_only_finished_experiments_count_in_seed_groups(seed_sweep, sections):
+    """A running experiment already has a training summary (live progress) and the
+    previous run's test metrics: it is labelled in the table, never counted."""
+    running = {**seeded(seed_sweep[0], 7, 0.5, "busy"), "State": "Running"}
+    runs = seed_runs([*seed_sweep, running], sections)
+    assert 7 not in set(runs["seed"])
+    table = comparison_table([*seed_sweep, running], sections)
+    assert table["experiment"].str.endswith("[running]").sum() == 1
+
+
 def test_a_study_file_keeps_other_runs_and_replaces_a_runs_earlier_row(seed_sweep, sections):
     runs = seed_runs(seed_sweep, sections)
     mnist = runs[(runs["dataset"] == "mnist") & (runs["group"] == COMMITTED_PARAMS)]
