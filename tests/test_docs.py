@@ -129,7 +129,7 @@ def documented_dvc_commands() -> list[tuple[str, list[str]]]:
     found = []
     for page in PAGES:
         blocks = re.findall(r"```(?:bash|console)\n(.*?)```", page.read_text(), flags=re.S)
-        for line in "\n".join(blocks).splitlines():
+        for line in "\n".join(blocks).replace("\\\n", " ").splitlines():
             line = re.split(r"\s#", line.removeprefix("$ "))[0]
             words: list[str] = []
             for word in [*shlex.split(line), "&&"]:
