@@ -27,7 +27,7 @@ repro: setup          ## run the whole pipeline (both datasets)
 	dvc repro
 	dvc metrics show
 
-test:                 ## set up (incl. Chromium where possible), then the whole suite (about 11 min on 2 cores)
+test:                 ## set up (incl. Chromium where possible), then the whole suite (9-11 min on 2 cores)
 	@bash scripts/setup.sh --for-tests
 	python -m pytest
 
