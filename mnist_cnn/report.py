@@ -98,23 +98,17 @@ def groups_table(read: Reader) -> str:
         "| params (besides seed) | dataset | seeds | test accuracy | validation accuracy |",
         "|---|---|---|---|---|",
     ]
+    seeds = study.groupby(["group", "dataset"])["seed"].agg(
+        lambda group: ", ".join(str(seed) for seed in sorted(group))
+    )
     for _, row in seed_groups(study).iterrows():
         spreads = [
             spread_text(row[f"{s} mean"], row[f"{s} std"], row[f"{s} min"], row[f"{s} max"])
             for s in ("test", "val")
         ]
-        seeds = ", ".join(
-            str(seed)
-            for seed in sorted(
-                study[(study["group"] == row["group"]) & (study["dataset"] == row["dataset"])][
-                    "seed"
-                ]
-            )
-        )
         lines.append(
-            f"| {short_label(row['group'])} | {DATASETS[row['dataset']].title} | {seeds} | "
-            + " | ".join(spreads)
-            + " |"
+            f"| {short_label(row['group'])} | {DATASETS[row['dataset']].title} | "
+            f"{seeds[row['group'], row['dataset']]} | " + " | ".join(spreads) + " |"
         )
     return "\n".join(lines) + "\n"
 

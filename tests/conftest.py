@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import gzip
 import hashlib
 import os
@@ -47,15 +48,26 @@ def committed_text(path: str) -> str:
     `make repro` elsewhere) rewrites files in the workspace, and the suite must pass after
     it. (So an uncommitted edit of params.yaml is seen by the tests once committed.)
     """
-    result = subprocess.run(
-        ["git", "show", f"HEAD:{path}"], cwd=PROJECT_ROOT, capture_output=True, text=True
-    )
-    return result.stdout if result.returncode == 0 else (PROJECT_ROOT / path).read_text()
+    from mnist_cnn.check_results import committed_text as text_at_head
+
+    committed = text_at_head(Path(path), PROJECT_ROOT)
+    return committed if committed is not None else (PROJECT_ROOT / path).read_text()
 
 
 def committed_params() -> dict:
     """The committed params.yaml as plain YAML data."""
     return yaml.safe_load(committed_text("params.yaml"))
+
+
+def with_value(params: dict, dotted: str, value) -> dict:
+    """A copy of params data with the key at a dotted path (which must exist) set."""
+    changed = copy.deepcopy(params)
+    *parents, leaf = dotted.split(".")
+    node = changed
+    for key in parents:
+        node = node[key]
+    node[leaf] = value
+    return changed
 
 
 def changed(section: BaseModel, **changes) -> BaseModel:

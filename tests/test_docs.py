@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import PROJECT_ROOT
+from tests.conftest import PROJECT_ROOT, committed_params, with_value
 
 PAGES = [PROJECT_ROOT / "README.md", *sorted((PROJECT_ROOT / "docs").glob("*.md"))]
 COMMANDS = {
@@ -69,7 +69,6 @@ def test_the_one_minute_trial_is_a_valid_one_epoch_subset_of_the_committed_param
     """`make trial`'s overrides pass the params schema (as `check_params` would judge them)
     and give every dataset one epoch on a subset."""
     from mnist_cnn.params import validate_params
-    from tests.conftest import committed_params
 
     makefile = (PROJECT_ROOT / "Makefile").read_text()
     recipe = makefile.split("\nTRIAL_PARAMS :=", 1)[1].split("\ntrial:", 1)[0]
@@ -77,11 +76,7 @@ def test_the_one_minute_trial_is_a_valid_one_epoch_subset_of_the_committed_param
     assert overrides
     raw = committed_params()
     for key, value in overrides:
-        *parents, leaf = key.split(".")
-        node = raw
-        for parent in parents:
-            node = node.setdefault(parent, {})
-        node[leaf] = yaml.safe_load(value)
+        raw = with_value(raw, key, yaml.safe_load(value))
     params = validate_params(raw)
     assert params.preprocess.max_train_samples is not None
     for dataset in params.datasets:

@@ -16,23 +16,13 @@ from mnist_cnn.params import (
     load_params,
     validate_params,
 )
-from tests.conftest import PROJECT_ROOT, committed_params
+from tests.conftest import PROJECT_ROOT, committed_params, with_value
 
 
 @pytest.fixture
 def params() -> dict:
     """The committed params.yaml as plain YAML data, to be broken by each test."""
     return committed_params()
-
-
-def with_value(params: dict, dotted: str, value):
-    changed = copy.deepcopy(params)
-    *parents, leaf = dotted.split(".")
-    node = changed
-    for key in parents:
-        node = node[key]
-    node[leaf] = value
-    return changed
 
 
 @pytest.mark.parametrize(
