@@ -8,18 +8,20 @@ crash mid-write leaves at most a stray temporary, never a truncated output.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-# Written by the check_params stage: one file per dataset (DatasetPaths.effective_params).
+# Written by the check_params stage: one file per dataset (DatasetPaths.effective_params),
+# tracked by git (DVC reads params files without its cache only when git has them).
 EFFECTIVE_PARAMS_DIR = Path("data/params")
 
 
@@ -64,18 +66,23 @@ class DatasetPaths:
     def samples(self) -> Path:
         return self._plots("samples.png")
 
-    # train
+    # train: the model, and DVCLive's directory (its metrics.json, and one TSV per logged
+    # metric under plots/metrics/{train,eval}/, a row per epoch)
     @property
     def model(self) -> Path:
         return Path("models") / f"{self.key}.keras"
 
     @property
-    def training_summary(self) -> Path:
-        return Path("metrics") / f"{self.key}_training.json"
+    def live_dir(self) -> Path:
+        return Path("dvclive") / self.key
 
     @property
-    def history(self) -> Path:
-        return self._plots("history.csv")
+    def training_summary(self) -> Path:
+        return self.live_dir / "metrics.json"
+
+    @property
+    def training_history(self) -> Path:
+        return self.live_dir / "plots" / "metrics"
 
     @property
     def training_curves(self) -> Path:
@@ -107,7 +114,7 @@ class DatasetPaths:
 STAGE_OUTPUTS = {
     "download": ("raw",),
     "preprocess": ("prepared", "data_summary", "class_counts", "samples"),
-    "train": ("model", "training_summary", "history", "training_curves"),
+    "train": ("model", "training_summary", "training_history", "training_curves"),
     "evaluate": ("test_metrics", "per_class", "confusion", "confusion_matrix", "misclassified"),
 }
 
@@ -171,6 +178,58 @@ def load_split(dataset: str, split: str) -> tuple[np.ndarray, np.ndarray]:
     if len(images) != len(labels):
         raise ValueError(f"{directory}: {split} has {len(images)} images but {len(labels)} labels")
     return images, labels
+
+
+# What Keras logs each epoch, by the name DVCLive files it under (`val_x` is eval/x.tsv,
+# anything else train/x.tsv: dvclive.utils.standardize_metric_name).
+TRAINING_LOGS = ("accuracy", "loss", "val_accuracy", "val_loss", "learning_rate")
+
+
+def live_metric_file(log_name: str) -> str:
+    """DVCLive's TSV for a Keras log name, relative to its plots/metrics directory."""
+    if log_name.startswith("val_"):
+        return f"eval/{log_name.removeprefix('val_')}.tsv"
+    return f"train/{log_name}.tsv"
+
+
+def read_training_history(
+    directory: Path | str, read_text: Callable[[str], str] | None = None
+) -> pd.DataFrame:
+    """The training run's per-epoch table from DVCLive's TSVs under `directory`: a column
+    `epoch` (DVCLive's step) and one per Keras log name (`accuracy`, `val_loss`, ...).
+
+    `read_text(path)` reads a file (default: from the workspace; compare reads other
+    revisions through DVC). Raises FileNotFoundError when there are no TSVs.
+    """
+    read_text = read_text or (lambda path: Path(path).read_text())
+    table = None
+    for name in TRAINING_LOGS:
+        path = (Path(directory) / live_metric_file(name)).as_posix()
+        try:
+            text = read_text(path)
+        except FileNotFoundError:
+            if name == "learning_rate":  # logged only where the rate is known
+                continue
+            raise
+        column = pd.read_csv(io.StringIO(text), sep="\t").set_index("step").iloc[:, 0]
+        column.name = name
+        table = column.to_frame() if table is None else table.join(column, how="outer")
+    return table.rename_axis("epoch").reset_index()  # the train stage logs epoch n as step n
+
+
+def environment_entries(environment: dict) -> list[str]:
+    """The environment as `name: value` lines, the form the training summary stores.
+
+    A list, not an object: `dvc metrics show`/`diff` and `dvc exp show` tabulate numbers and
+    strings but skip lists, so a dozen library versions and CPU flags stay recorded (and
+    compared by `make check-results`) without filling the metrics table.
+    """
+    return [f"{name}: {value}" for name, value in environment.items()]
+
+
+def environment_from_entries(entries: list[str]) -> dict[str, str]:
+    """{name: value} (values as text) from `environment_entries`' lines."""
+    return dict(entry.split(": ", 1) for entry in entries)
 
 
 def write_csv(path: Path | str, table: pd.DataFrame, index: bool = False) -> None:

@@ -31,7 +31,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from mnist_cnn.artifacts import DatasetPaths
+from mnist_cnn.artifacts import DatasetPaths, environment_from_entries
 from mnist_cnn.compare import COMMITTED_PARAMS
 from mnist_cnn.datasets import DATASETS
 
@@ -159,9 +159,12 @@ def main(argv: list[str] | None = None) -> int:
         metrics = json.loads(paths.test_metrics.read_text())
         results[key] = {split: metrics[name] for split, name in SPLITS.items() if name in metrics}
         if paths.training_summary.exists():
-            here = json.loads(paths.training_summary.read_text()).get("environment", {})
+            here = json.loads(paths.training_summary.read_text()).get("environment", [])
             committed = json.loads(committed_text(paths.training_summary) or "{}")
-            environments[key] = environment_differences(committed.get("environment", {}), here)
+            environments[key] = environment_differences(
+                environment_from_entries(committed.get("environment", [])),
+                environment_from_entries(here),
+            )
     if not results:
         print("check-results: no results in metrics/: run `make repro` first", file=sys.stderr)
         return 2

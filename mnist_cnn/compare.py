@@ -17,14 +17,19 @@ from __future__ import annotations
 
 import argparse
 import gc
-import io
+import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
 
-from mnist_cnn.artifacts import DatasetPaths, atomic_path
+from mnist_cnn.artifacts import (
+    DatasetPaths,
+    atomic_path,
+    environment_from_entries,
+    read_training_history,
+)
 from mnist_cnn.datasets import DATASETS
 
 SHOWN_TYPES = ("baseline", "branch_base", "branch_commit")
@@ -111,7 +116,7 @@ def comparison_table(rows: list[dict], sections: list[str]) -> pd.DataFrame:
             test, training = paths.test_metrics.as_posix(), paths.training_summary.as_posix()
             entry[f"{key} accuracy"] = _value(row, test, "accuracy")
             entry[f"{key} loss"] = _value(row, test, "loss")
-            run, kept = _value(row, training, "epochs_run"), _value(row, training, "selected_epoch")
+            run, kept = _value(row, training, "step"), _value(row, training, "selected_epoch")
             entry[f"{key} epochs (kept)"] = (
                 f"{run:.0f} ({kept:.0f})" if run is not None and kept is not None else None
             )
@@ -129,12 +134,16 @@ def group_label(row: dict, baseline: dict, changed: list[str]) -> str:
     return ", ".join(parts) or COMMITTED_PARAMS
 
 
-def seed_runs(rows: list[dict], sections: list[str]) -> pd.DataFrame:
+def seed_runs(
+    rows: list[dict], sections: list[str], cpu_of: Callable[[str, str], str | None] | None = None
+) -> pd.DataFrame:
     """One row per finished experiment and dataset: its group, seed and results.
 
     A group is a set of params apart from the seed. Each (group, seed) counts once: an
     experiment over the baseline commit's own run, which may come from another machine.
     Only finished runs count: queued, running and failed experiments are left out.
+    `cpu_of(rev, dataset)` names the CPU a run trained on (exp show leaves the training
+    summary's environment out: it is a list).
     """
     changed, baseline = changed_params(rows, sections), baseline_row(rows)
     records = []
@@ -157,9 +166,9 @@ def seed_runs(rows: list[dict], sections: list[str]) -> pd.DataFrame:
                     "test_accuracy": accuracy,
                     "val_accuracy": _value(row, test, "val_accuracy"),
                     "test_loss": _value(row, test, "loss"),
-                    "epochs_run": _value(row, training, "epochs_run"),
+                    "epochs_run": _value(row, training, "step"),
                     "selected_epoch": _value(row, training, "selected_epoch"),
-                    "cpu": _value(row, training, "environment.cpu"),
+                    "cpu": cpu_of(row["rev"], key) if cpu_of else None,
                     "baseline": row.get("typ") == "baseline",
                 }
             )
@@ -264,10 +273,12 @@ def read_histories(rows: list[dict], read: Callable[[str, str], str]) -> dict:
     for row in filter(shown, rows):
         for key in DATASETS:
             try:
-                text = read(DatasetPaths(key).history.as_posix(), row["rev"])
-            except FileNotFoundError:  # a commit from before history.csv existed
+                histories[key][row_label(row)] = read_training_history(
+                    DatasetPaths(key).training_history,
+                    lambda path, rev=row["rev"]: read(path, rev),
+                )
+            except FileNotFoundError:  # a commit from before DVCLive logged training
                 continue
-            histories[key][row_label(row)] = pd.read_csv(io.StringIO(text))
     return histories
 
 
@@ -293,6 +304,17 @@ def main(argv: list[str] | None = None) -> int:
 
     import dvc.api
     import yaml
+    from dvc.exceptions import PathMissingError
+
+    def read(path: str, rev: str) -> str:
+        try:
+            return dvc.api.read(path, rev=rev)
+        except PathMissingError as error:
+            raise FileNotFoundError(path) from error
+
+    def cpu_of(rev: str, key: str) -> str | None:
+        summary = json.loads(read(DatasetPaths(key).training_summary.as_posix(), rev))
+        return environment_from_entries(summary.get("environment", [])).get("cpu")
 
     rows = dvc.api.exp_show(revs=args.rev, force=True)
     sections = list(yaml.safe_load(Path("params.yaml").read_text()))
@@ -300,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     if table.empty:
         print("compare: no experiments found (run some with `dvc exp run`)", file=sys.stderr)
         return 1
-    runs = seed_runs(rows, sections)
+    runs = seed_runs(rows, sections, cpu_of if args.seed_runs else None)
     groups = seed_groups(runs) if not runs.empty else pd.DataFrame()
     tables = [] if args.by_seed else [table]
     if args.by_seed or (not args.csv and not groups.empty and (groups["n"] > 1).any()):
@@ -320,14 +342,6 @@ def main(argv: list[str] | None = None) -> int:
             study.to_csv(tmp, index=False)
         print(f"compare: wrote {args.seed_runs} ({len(study)} rows)", file=sys.stderr)
     if args.png:
-        from dvc.exceptions import PathMissingError
-
-        def read(path: str, rev: str) -> str:
-            try:
-                return dvc.api.read(path, rev=rev)
-            except PathMissingError as error:
-                raise FileNotFoundError(path) from error
-
         histories = read_histories(rows, read)
         plot_comparison(runs, histories, args.png)
         print(f"compare: wrote {args.png}", file=sys.stderr)

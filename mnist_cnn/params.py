@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import copy
 import difflib
+import hashlib
+import json
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
@@ -32,6 +34,7 @@ PARAMS_FILE = Path("params.yaml")
 # Output of the check_params stage (see the module docstring); fixed content.
 CHECKED_MARKER = Path("data/params.ok")
 CHECKED_TEXT = "params.yaml matches the schema in mnist_cnn/params.py\n"
+LOCK_FILE = Path("dvc.lock")  # DVC records what each stage wrote (check_params reads it)
 
 Monitor = Literal["val_loss", "val_accuracy"]
 Fraction = Annotated[float, Field(ge=0, lt=1)]  # a dropout or smoothing rate: [0, 1)
@@ -443,7 +446,7 @@ def reference_table(raw: dict) -> str:
 def main() -> int:
     """The check_params stage: one line per problem, or the marker file."""
     # No TensorFlow here: this stage runs first.
-    from mnist_cnn.artifacts import EFFECTIVE_PARAMS_DIR, DatasetPaths, atomic_dir, atomic_path
+    from mnist_cnn.artifacts import EFFECTIVE_PARAMS_DIR, DatasetPaths, atomic_path
 
     try:
         params = load_params()
@@ -455,11 +458,19 @@ def main() -> int:
             file=sys.stderr,
         )
         return 1
-    with atomic_dir(EFFECTIVE_PARAMS_DIR) as staging:
-        for key in params.datasets:
-            (staging / DatasetPaths(key).effective_params.name).write_text(
-                effective_params_text(params, key)
-            )
+    wanted_by_key = {key: effective_params_text(params, key) for key in params.datasets}
+    edits = [
+        line
+        for key in params.datasets
+        for line in hand_edits(DatasetPaths(key).effective_params, wanted_by_key[key], key)
+    ]
+    if edits:
+        for line in edits:
+            print(f"check_params: {line}", file=sys.stderr)
+        return 1
+    for key, text in wanted_by_key.items():
+        with atomic_path(DatasetPaths(key).effective_params) as tmp:
+            tmp.write_text(text)
     with atomic_path(CHECKED_MARKER) as tmp:
         tmp.write_text(CHECKED_TEXT)
     print(
@@ -480,6 +491,59 @@ def effective_params_text(params: Params, dataset: str) -> str:
         f"# settings of {dataset} after its overrides. Edit params.yaml, not this file.\n"
     )
     return header + yaml.safe_dump(sections, sort_keys=False)
+
+
+def recorded_md5(path: Path, lock: Path = LOCK_FILE) -> str | None:
+    """The md5 dvc.lock records for the check_params output `path` (None if it has none)."""
+    try:
+        stage = yaml.safe_load(lock.read_text())["stages"]["check_params"]
+    except (OSError, KeyError, TypeError, yaml.YAMLError):
+        return None
+    return next(
+        (out.get("md5") for out in stage.get("outs", []) if out["path"] == path.as_posix()), None
+    )
+
+
+def changed_keys(edited: Any, expected: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """(dotted key, edited value) for every leaf where `edited` differs from `expected`."""
+    if isinstance(edited, dict) and isinstance(expected, dict):
+        return [
+            change
+            for key in dict.fromkeys([*expected, *edited])
+            for change in changed_keys(edited.get(key), expected.get(key), f"{prefix}{key}.")
+        ]
+    return [] if edited == expected else [(prefix.rstrip("."), edited)]
+
+
+def hand_edits(path: Path, wanted: str, dataset: str, lock: Path = LOCK_FILE) -> list[str]:
+    """Why check_params refuses to overwrite `path`, or [] when it may.
+
+    An effective file that differs from what the last run wrote (its md5 in dvc.lock) was
+    edited since: by hand, or by `dvc exp run -S data/params/<ds>.yaml:…` (the VS Code
+    extension offers every params file). Overwriting it would drop the edit without a
+    word and run the old settings; a file that already holds what params.yaml gives, or
+    that no run recorded, is no edit.
+    """
+    if not path.is_file():
+        return []
+    current = path.read_bytes()
+    recorded = recorded_md5(path, lock)
+    if current == wanted.encode() or recorded in (None, hashlib.md5(current).hexdigest()):  # noqa: S324
+        return []
+    try:
+        changes = changed_keys(yaml.safe_load(current), yaml.safe_load(wanted))
+    except yaml.YAMLError:
+        changes = []
+    lines = [
+        f"{path} was edited (by hand, or by `dvc exp run -S {path}:…`), but it is written "
+        "from params.yaml by this stage: the edit would be lost. Set the value in "
+        "params.yaml instead:"
+    ]
+    lines += [f"  -S datasets.{dataset}.{key}={json.dumps(value)}" for key, value in changes]
+    lines.append(
+        f"Nothing was run. Undo the edit with `git checkout -- {path}` (or `make restore`)."
+    )
+    return lines
 
 
 if __name__ == "__main__":

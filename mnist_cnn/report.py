@@ -63,7 +63,7 @@ def results_table(read: Reader) -> str:
         lines.append(
             f"| {spec.title} | **{percent(test['accuracy'])}** | {spread['test_accuracy']} | "
             f"{percent(test['val_accuracy'])} | {spread['val_accuracy']} | "
-            f"{training['epochs_run']} ({training['selected_epoch']}) |"
+            f"{training['step']} ({training['selected_epoch']}) |"
         )
     return "\n".join(lines) + "\n"
 

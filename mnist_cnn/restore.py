@@ -12,16 +12,20 @@ It never destroys work that exists nowhere else:
     bring it back with (`dvc exp apply <name>`) is printed.
   - After a *failed* run nothing is lost: every stage that finished has its outputs in
     DVC's cache (and run-cache), and a failed stage's outputs were already removed by DVC.
-    An interrupted train stage leaves only its progress files (the training summary with
-    `"in_progress": true` and the history so far): those are dropped, not kept.
-Then `git checkout HEAD -- params.yaml dvc.lock metrics plots` and `dvc checkout`
-(without --force: DVC would ask before overwriting anything it holds no copy of).
+    An interrupted train stage leaves only DVCLive's files of the epochs so far (and no
+    model: DVC removed it before the stage ran): those are dropped, not kept.
+  - params.yaml edited but not run (or run and failed): the edit goes to git's stash
+    first (`git stash pop` brings it back), with the effective settings under data/params/.
+Then `git checkout HEAD -- params.yaml dvc.lock data/params dvclive metrics plots` and
+`dvc checkout` (without --force: DVC would ask before overwriting anything it holds no
+copy of).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -30,7 +34,9 @@ import time
 from mnist_cnn.artifacts import DatasetPaths
 from mnist_cnn.datasets import DATASETS
 
-GIT_TRACKED_RESULTS = ["params.yaml", "dvc.lock", "metrics", "plots"]
+GIT_TRACKED_RESULTS = ["params.yaml", "dvc.lock", "data/params", "dvclive", "metrics", "plots"]
+# What a user edits by hand: kept in git's stash, not dropped, when a restore reverts it.
+EDITABLE = ["params.yaml", "data/params"]
 
 
 class RestoreRefused(Exception):
@@ -49,23 +55,41 @@ def modified_outputs(status: dict) -> list[str]:
 
 
 def interrupted_training_files() -> set[str]:
-    """The progress files an interrupted train stage left: its summary still says
-    `"in_progress": true`, and the history beside it holds the epochs it finished."""
+    """DVCLive's files of a train stage that did not finish: DVC removed the stage's model
+    before running it and the stage saves it only after training, so no model beside
+    DVCLive's directory means the run was interrupted (its epochs so far are all there is)."""
     leftovers = set()
     for key in DATASETS:
         paths = DatasetPaths(key)
-        try:
-            summary = json.loads(paths.training_summary.read_text())
-        except (OSError, ValueError):
-            continue
-        if isinstance(summary, dict) and summary.get("in_progress") is True:
-            leftovers |= {paths.training_summary.as_posix(), paths.history.as_posix()}
+        if paths.live_dir.is_dir() and not paths.model.exists():
+            leftovers |= {paths.training_summary.as_posix(), paths.training_history.as_posix()}
     return leftovers
 
 
-def run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+def stash_edits() -> str | None:
+    """Put uncommitted edits of params.yaml (and data/params/) into git's stash, which
+    also reverts them; the stash entry's message, or None when nothing was edited."""
+    edited = run("git", "status", "--porcelain", "--", *EDITABLE).stdout.splitlines()
+    if not edited:
+        return None
+    message = f"make restore {time.strftime('%Y-%m-%d %H:%M:%S')}: params as they were"
+    # A stash entry is a commit: give git an author where none is configured.
+    env = dict(os.environ)
+    if run("git", "config", "user.email", check=False).returncode != 0:
+        env |= {
+            "GIT_AUTHOR_NAME": "make restore",
+            "GIT_AUTHOR_EMAIL": "restore@localhost",
+            "GIT_COMMITTER_NAME": "make restore",
+            "GIT_COMMITTER_EMAIL": "restore@localhost",
+        }
+    paths = [line[3:] for line in edited]
+    run("git", "stash", "push", "--message", message, "--", *paths, env=env)
+    return message
+
+
+def run(*args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
     tool = shutil.which(args[0]) or args[0]
-    return subprocess.run([tool, *args[1:]], capture_output=True, text=True, check=check)
+    return subprocess.run([tool, *args[1:]], capture_output=True, text=True, check=check, env=env)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,7 +112,12 @@ def main(argv: list[str] | None = None) -> int:
 def restore(discard: bool = False) -> None:
     status = json.loads(run("dvc", "status", "--json").stdout or "{}")
     leftovers = interrupted_training_files()
-    modified = [path for path in modified_outputs(status) if path not in leftovers]
+    # Edits of data/params/ are stashed below, with params.yaml's; leftovers are dropped.
+    modified = [
+        path
+        for path in modified_outputs(status)
+        if path not in leftovers and not path.startswith(tuple(EDITABLE))
+    ]
     if modified:
         listed = "\n  ".join(modified)
         raise RestoreRefused(
@@ -109,13 +138,18 @@ def restore(discard: bool = False) -> None:
             f"experiment {name}; `dvc exp apply {name}` brings it back, `dvc exp remove "
             f"{name}` drops it"
         )
+    elif not discard and (stashed := stash_edits()):
+        print(
+            f"restore: your edit of params.yaml is in git's stash ({stashed!r}): `git stash "
+            "pop` brings it back, `git stash list` shows it"
+        )
     if leftovers:
         print(
             f"restore: dropping an interrupted training run's progress: {', '.join(sorted(leftovers))}"
         )
     run("git", "checkout", "HEAD", "--", *GIT_TRACKED_RESULTS)
     run("dvc", "checkout")
-    print("restore: params.yaml, dvc.lock, metrics/, plots/ and the DVC outputs are as committed")
+    print("restore: params, dvc.lock, results and the DVC outputs are as committed")
 
 
 if __name__ == "__main__":

@@ -8,14 +8,13 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 
 import keras
 import numpy as np
-import pandas as pd
 import tensorflow as tf
 
+from mnist_cnn.artifacts import live_metric_file
 from mnist_cnn.input_pipeline import evaluation_dataset, training_dataset
 from mnist_cnn.params import EarlyStoppingParams, TrainParams
 
@@ -105,25 +104,6 @@ def build_callbacks(train: TrainParams, backup_dir: Path) -> list[keras.callback
     return callbacks
 
 
-class EpochProgress(keras.callbacks.Callback):
-    """Hand the history so far to `report` after every epoch (the train stage writes it
-    to its declared metrics/plots files, which DVC's tools read while the stage runs).
-
-    Runs after the params' callbacks (fit's `extra_callbacks`), so the learning rate of
-    the epoch is in its logs.
-    """
-
-    def __init__(self, report: Callable[[dict[str, list[float]]], None]):
-        super().__init__()
-        self.report = report
-        self.history: dict[str, list[float]] = {}
-
-    def on_epoch_end(self, epoch, logs=None):
-        for name, value in (logs or {}).items():
-            self.history.setdefault(name, []).append(float(value))
-        self.report(self.history)
-
-
 def fit(
     model: keras.Model,
     train: TrainParams,
@@ -167,20 +147,15 @@ def selected_epoch_index(
     return values.index(pick(values))
 
 
-def summary(history: dict[str, list[float]], selected: int) -> dict:
-    """What training ran and kept: epochs, the kept epoch (from 1) and its logged values."""
-    return {
-        "epochs_run": len(history["loss"]),
-        "selected_epoch": selected + 1,
-        "selected": {name: round(float(values[selected]), 6) for name, values in history.items()},
-    }
+def kept_epoch_summary(history: dict[str, list[float]], selected: int) -> dict:
+    """What the saved model scored, for DVCLive's metrics.json: the kept epoch's logged
+    values under DVCLive's names (`train/…`, `eval/…`) and its number (from 1).
 
-
-def history_table(history: dict[str, list[float]]) -> pd.DataFrame:
-    """One row per epoch (counted from 1), one column per logged metric, rounded.
-
-    Rounding keeps the CSV's diffs readable; reruns are bit-identical either way.
+    While training runs, DVCLive's summary holds the latest epoch's values; at the end the
+    saved model holds the kept epoch's weights, so the summary says what that model scored.
     """
-    table = pd.DataFrame(history).round(6)
-    table.insert(0, "epoch", range(1, len(table) + 1))
-    return table
+    values: dict = {"train": {}, "eval": {}}
+    for name, logged in history.items():
+        split, metric = live_metric_file(name).removesuffix(".tsv").split("/")
+        values[split][metric] = float(logged[selected])
+    return {**values, "selected_epoch": selected + 1}

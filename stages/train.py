@@ -1,19 +1,28 @@
 """Stage 3 — train: fit the CNN on the prepared train split, select on the validation split.
 
-Reads params `seed`, `train` and any per-dataset override in `datasets.<name>.train`.
-Writes the model, one row of metrics per epoch (history.csv, for `dvc plots`), a PNG of
-the curves and a small summary (`dvc metrics show`), with the environment the numbers
-came from (CPU, library versions, threads, precision). Under a multi-worker strategy every
-worker trains, and only the chief writes.
+Reads params `seed` and the dataset's effective `train` section (data/params/<name>.yaml).
+Writes the model and, through DVCLive, one row per epoch per metric (for `dvc plots`) and
+a summary (`dvc metrics show`): the kept epoch's values, with the environment the numbers
+came from (CPU, library versions, threads, precision); also a PNG of the curves. Under a
+multi-worker strategy every worker trains, and only the chief writes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
 
-from mnist_cnn.artifacts import DatasetPaths, load_split, write_csv, write_json
+from dvclive import Live
+from dvclive.keras import DVCLiveCallback
+
+from mnist_cnn.artifacts import (
+    DatasetPaths,
+    environment_entries,
+    load_split,
+    read_training_history,
+)
 from mnist_cnn.datasets import NUM_CLASSES, spec_from_command_line
 from mnist_cnn.figures import plot_training_curves
 from mnist_cnn.model import build_model, compile_model, save_model
@@ -27,14 +36,12 @@ from mnist_cnn.runtime import (
 )
 from mnist_cnn.training import (
     BACKUP_DIR,
-    EpochProgress,
     fit,
-    history_table,
+    kept_epoch_summary,
     make_deterministic,
     matching_backup_dir,
     run_fingerprint,
     selected_epoch_index,
-    summary,
 )
 
 
@@ -70,62 +77,69 @@ def main(argv: list[str] | None = None) -> int:
         f"{batch_size}, peak learning rate {distribution.learning_rate:g}"
     )
 
-    # Progress, the DVC way: after every epoch the history so far goes to the stage's
-    # declared plots/metrics files, which `dvc exp show`, `dvc plots show` and VS Code's
-    # live plots read while the stage runs. The end of training writes them for good.
-    def write_progress(history: dict[str, list[float]]) -> None:
-        if distribution.is_chief:
-            best = selected_epoch_index(history, train.early_stopping)
-            write_csv(paths.history, history_table(history))
-            write_json(paths.training_summary, {**summary(history, best), "in_progress": True})
-
+    # Log every epoch with DVCLive, set up for a pipeline stage: dvc.yaml declares its
+    # files (metrics.json under `metrics:`, the TSVs under `plots:`), so DVCLive neither
+    # edits dvc.yaml nor saves an experiment of its own (`dvc exp run` does), writes no
+    # report and samples no system metrics (its rows would differ on every run). Its
+    # summary after each epoch is what `dvc exp show` and VS Code show while training runs.
+    live = (
+        Live(
+            str(paths.live_dir),
+            dvcyaml=False,
+            save_dvc_exp=False,
+            report=None,
+            monitor_system=False,
+        )
+        if distribution.is_chief
+        else contextlib.nullcontext()
+    )
+    if distribution.is_chief:
+        live.step = 1  # DVCLive's step = the epoch's number, as Keras prints it ("Epoch 1/20")
     # Train (resuming only a backup of this very run: same seed, params and data).
     backup_dir = BACKUP_DIR / spec.key
     if train.backup_and_restore:
         fingerprint = run_fingerprint(params.seed, train, *train_split, *val_split)
         backup_dir = matching_backup_dir(backup_dir, fingerprint)
-    started = time.perf_counter()
-    with distribution.strategy.scope():
-        history = fit(
-            model,
-            train,
-            params.seed,
-            train_split,
-            val_split,
-            batch_size,
-            backup_dir,
-            extra_callbacks=(EpochProgress(write_progress),),
-            # One line per epoch when logged to a file; a live progress bar in a terminal.
-            verbose=1 if sys.stdout.isatty() else 2,
+    with live:
+        started = time.perf_counter()
+        with distribution.strategy.scope():
+            history = fit(
+                model,
+                train,
+                params.seed,
+                train_split,
+                val_split,
+                batch_size,
+                backup_dir,
+                # After the params' callbacks, so each epoch's learning rate is logged too.
+                extra_callbacks=(DVCLiveCallback(live=live),) if distribution.is_chief else (),
+                # One line per epoch when logged to a file; a live progress bar in a terminal.
+                verbose=1 if sys.stdout.isatty() else 2,
+            )
+        seconds = time.perf_counter() - started
+        selected = selected_epoch_index(history, train.early_stopping)
+        print(
+            f"[train] {spec.title}: {len(history['loss'])} epochs in {seconds:.0f} s "
+            f"({len(history['loss']) * len(x_train) / seconds:.0f} images/s); "
+            f"kept epoch {selected + 1}: val_accuracy {history['val_accuracy'][selected]:.4f}"
         )
-    seconds = time.perf_counter() - started
-    selected = selected_epoch_index(history, train.early_stopping)
-    print(
-        f"[train] {spec.title}: {len(history['loss'])} epochs in {seconds:.0f} s "
-        f"({len(history['loss']) * len(x_train) / seconds:.0f} images/s); "
-        f"kept epoch {selected + 1}: val_accuracy {history['val_accuracy'][selected]:.4f}"
-    )
-    if not distribution.is_chief:
-        return 0  # the chief holds the same weights and writes them
+        if not distribution.is_chief:
+            return 0  # the chief holds the same weights and writes them
 
-    # Save the model (weights restored to the best epoch when early stopping is on).
-    save_model(model, paths.model)
-    kept = summary(history, selected)
-    write_json(
-        paths.training_summary,
-        {
-            "epochs_run": kept["epochs_run"],
-            "selected_epoch": kept["selected_epoch"],
-            "parameters": int(model.count_params()),
-            "precision": policy,
-            "replicas": distribution.replicas,
-            "selected": kept["selected"],
-            # CPU, libraries, threads: what makes another machine's numbers differ.
-            "environment": environment(policy, train.threads),
-        },
+        # Save the model (weights restored to the best epoch when early stopping is on),
+        # then the summary (written when the `with` block ends): what the saved model scored.
+        save_model(model, paths.model)
+        live.summary.update(kept_epoch_summary(history, selected))
+        live.summary["parameters"] = int(model.count_params())
+        # CPU, libraries, threads, precision: what makes another machine's numbers differ.
+        live.summary["environment"] = environment_entries(
+            {**environment(policy, train.threads), "replicas": distribution.replicas}
+        )
+    plot_training_curves(
+        read_training_history(paths.training_history).drop(columns="epoch").to_dict("list"),
+        paths.training_curves,
+        f"{spec.title}: training curves",
     )
-    write_csv(paths.history, history_table(history))
-    plot_training_curves(history, paths.training_curves, f"{spec.title}: training curves")
     return 0
 
 

@@ -101,13 +101,14 @@ def repo(tmp_path) -> Path:
     (tmp_path / "metrics").mkdir()
     study().to_csv(tmp_path / SEED_STUDY, index=False)
     (tmp_path / "params.yaml").write_text("seed: 42\n")
-    environment = {"cpu": "Intel Xeon", "precision": "float32"}
+    environment = ["cpu: Intel Xeon", "precision: float32"]
     for key in DATASETS:
         base = 0.9963 if key == "mnist" else 0.9463
         (tmp_path / f"metrics/{key}.json").write_text(
             json.dumps({"accuracy": base, "val_accuracy": base - 0.0005})
         )
-        (tmp_path / f"metrics/{key}_training.json").write_text(
+        (tmp_path / f"dvclive/{key}").mkdir(parents=True)
+        (tmp_path / f"dvclive/{key}/metrics.json").write_text(
             json.dumps({"environment": environment})
         )
     git(tmp_path, "add", "-A")
@@ -135,8 +136,8 @@ def test_command_on_the_committed_run_says_inside_and_same_environment(repo):
 def test_command_after_another_run_reports_outside_and_what_differs(repo):
     """A workspace whose results differ from HEAD: a 1-epoch run on another CPU."""
     (repo / "metrics/mnist.json").write_text(json.dumps({"accuracy": 0.98, "val_accuracy": 0.97}))
-    training = repo / "metrics/fashion_mnist_training.json"
-    training.write_text(json.dumps({"environment": {"cpu": "AMD EPYC", "precision": "float32"}}))
+    training = repo / "dvclive/fashion_mnist/metrics.json"
+    training.write_text(json.dumps({"environment": ["cpu: AMD EPYC", "precision: float32"]}))
     (repo / "params.yaml").write_text("seed: 42\ntrain: {epochs: 1}\n")
     result = check_command(repo)
     assert result.returncode == 1
@@ -200,9 +201,9 @@ def test_committed_result_tests_ignore_the_workspace(tmp_path):
         values = json.loads(metrics.read_text())
         values.update(accuracy=0.5, val_accuracy=0.5, loss=9.9)
         metrics.write_text(json.dumps(values))
-        training = clone / f"metrics/{key}_training.json"
+        training = clone / f"dvclive/{key}/metrics.json"
         summary = json.loads(training.read_text())
-        summary["environment"] = {**summary.get("environment", {}), "cpu": "another CPU"}
+        summary["environment"] = ["cpu: another CPU", *summary["environment"][1:]]
         training.write_text(json.dumps(summary))
         shutil.rmtree(clone / "plots" / key)
     (clone / "params.yaml").write_text(

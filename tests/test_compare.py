@@ -1,7 +1,9 @@
 """The experiment comparison, on a payload recorded from `dvc.api.exp_show()`.
 
 tests/data/exp_show.json was recorded on this project after a queued learning-rate sweep
-(README, "Experimenting"); tests/data/exp_params.yaml is the params.yaml it ran from.
+(README, "Experimenting"), its training-summary columns since renamed to DVCLive's file
+(dvclive/<ds>/metrics.json: step, selected_epoch, train.*, eval.*);
+tests/data/exp_params.yaml is the params.yaml it ran from.
 """
 
 from __future__ import annotations
@@ -60,8 +62,8 @@ def test_results_come_from_the_right_files(rows, table):
     first = table.iloc[0]
     assert first["mnist accuracy"] == baseline["metrics/mnist.json:accuracy"]
     assert first["fashion_mnist loss"] == baseline["metrics/fashion_mnist.json:loss"]
-    run = baseline["metrics/mnist_training.json:epochs_run"]
-    kept = baseline["metrics/mnist_training.json:selected_epoch"]
+    run = baseline["dvclive/mnist/metrics.json:step"]
+    kept = baseline["dvclive/mnist/metrics.json:selected_epoch"]
     assert first["mnist epochs (kept)"] == f"{run:.0f} ({kept:.0f})"
 
 
@@ -71,15 +73,19 @@ def sections() -> list[str]:
 
 
 def test_picture_is_drawn_from_each_experiments_history(rows, table, sections, tmp_path):
-    history = pd.DataFrame({"epoch": [1, 2, 3], "val_accuracy": [0.9, 0.95, 0.97]})
-
     def read(path: str, rev: str) -> str:
+        """DVCLive's TSV of one metric: step, then the metric's column."""
         if "fashion" in path and rev != "main":
             raise FileNotFoundError(path)  # an experiment that did not retrain the dataset
-        return history.to_csv(index=False)
+        name = path.rsplit("/", 1)[1].removesuffix(".tsv")
+        return f"step\t{name}\n1\t0.9\n2\t0.95\n3\t0.97\n"
 
     histories = read_histories(rows, read)
     assert len(histories["mnist"]) == len(table)
+    assert len(histories["fashion_mnist"]) == 1  # only the baseline retrained it
+    curve = next(iter(histories["mnist"].values()))
+    assert curve["epoch"].tolist() == [1, 2, 3]
+    assert curve["val_accuracy"].tolist() == [0.9, 0.95, 0.97]
     png = tmp_path / "compare.png"
     plot_comparison(seed_runs(rows, sections), histories, png)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -159,6 +165,21 @@ def test_a_study_file_keeps_other_runs_and_replaces_a_runs_earlier_row(seed_swee
     assert by_seed[7] == 0.5
     assert by_seed[42] == 0.9960  # run again: the new row replaces the earlier one
     assert by_seed[2] == 0.9970
+
+
+def test_seed_runs_name_the_cpu_from_each_runs_training_summary(seed_sweep, sections):
+    """exp show leaves the environment out (a list); the CPU is read per run and dataset."""
+    asked = []
+
+    def cpu_of(rev: str, key: str) -> str:
+        asked.append((rev, key))
+        return f"CPU of {rev}"
+
+    runs = seed_runs(seed_sweep, sections, cpu_of)
+    assert runs["cpu"].notna().all()
+    assert set(runs["cpu"]) <= {f"CPU of {rev}" for rev, _ in asked}
+    assert {key for _, key in asked} == {"mnist", "fashion_mnist"}
+    assert seed_runs(seed_sweep, sections)["cpu"].isna().all()
 
 
 def test_spread_picture_with_groups(seed_sweep, sections, tmp_path):

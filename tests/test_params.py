@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -232,6 +234,61 @@ def test_check_stage_writes_each_datasets_effective_settings(tmp_path, monkeypat
     )
     assert main() == 0
     assert (tmp_path / "data/params/fashion_mnist.yaml").read_bytes() == before
+
+
+def lock_recording(path: Path, text: str) -> str:
+    """A dvc.lock whose check_params stage recorded writing `text` to `path`."""
+    md5 = hashlib.md5(text.encode()).hexdigest()  # noqa: S324 (DVC's own checksum)
+    outs = [{"path": path.as_posix(), "hash": "md5", "md5": md5, "size": len(text)}]
+    return yaml.safe_dump({"schema": "2.0", "stages": {"check_params": {"outs": outs}}})
+
+
+def test_check_stage_refuses_a_hand_edit_of_an_effective_file(
+    tmp_path, monkeypatch, params, capsys
+):
+    """`dvc exp run -S data/params/mnist.yaml:train.epochs=2` (or a hand edit) changes a
+    file the stage writes from params.yaml: overwriting it would run the old settings
+    without a word. The stage refuses, names the key and the params.yaml spelling."""
+    from mnist_cnn.params import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    assert main() == 0
+    effective = Path("data/params/mnist.yaml")
+    written = effective.read_text()
+    (tmp_path / "dvc.lock").write_text(lock_recording(effective, written))
+    assert main() == 0  # a file as the last run recorded it is overwritten
+
+    edited = yaml.safe_load(written)
+    edited["train"]["epochs"] = 2
+    effective.write_text(yaml.safe_dump(edited))  # comments dropped, as `-S` does
+    assert main() == 1
+    err = capsys.readouterr().err
+    assert "data/params/mnist.yaml was edited" in err
+    assert "  -S datasets.mnist.train.epochs=2" in err.splitlines()[1]
+    assert "git checkout -- data/params/mnist.yaml" in err
+    assert yaml.safe_load(effective.read_text())["train"]["epochs"] == 2  # nothing lost
+
+    # After a params.yaml change the stage rewrites a file it wrote itself.
+    effective.write_text(written)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(with_value(params, "train.epochs", 3)))
+    assert main() == 0
+    assert yaml.safe_load(effective.read_text())["train"]["epochs"] == 3
+    # And an edit that already equals what params.yaml gives is no conflict.
+    assert main() == 0
+
+
+def test_changed_keys_names_each_differing_leaf():
+    from mnist_cnn.params import changed_keys
+
+    expected = {"train": {"epochs": 20, "model": {"kernel_size": 3}}, "evaluate": {"a": 1}}
+    edited = {"train": {"epochs": 2, "model": {"kernel_size": 3, "new": 1}}, "evaluate": {}}
+    assert changed_keys(edited, expected) == [
+        ("train.epochs", 2),
+        ("train.model.new", 1),
+        ("evaluate.a", None),
+    ]
+    assert changed_keys(expected, expected) == []
 
 
 def test_check_stage_names_the_problem_in_one_line(tmp_path, monkeypatch, params, capsys):

@@ -26,6 +26,7 @@ import pytest
 import yaml
 from PIL import Image
 
+from mnist_cnn.artifacts import TRAINING_LOGS, read_training_history
 from mnist_cnn.datasets import DATASETS
 from mnist_cnn.params import deep_merge
 from tests.conftest import (
@@ -209,20 +210,18 @@ def test_repro_builds_every_stage_with_sane_outputs(project, first_run):
         assert summary == {"train_samples": 2700, "val_samples": 300, "test_samples": 500}
         counts = pd.read_csv(plots / "class_counts.csv")
         assert counts[["train", "val", "test"]].sum().tolist() == [2700, 300, 500]
-        training = json.loads((project / "metrics" / f"{key}_training.json").read_text())
-        assert training["epochs_run"] == 1
+        # DVCLive's summary: the kept epoch (the only one) and the environment, as a list
+        # (which keeps it out of `dvc metrics show`).
+        training = json.loads((project / "dvclive" / key / "metrics.json").read_text())
+        assert training["step"] == 1 and training["selected_epoch"] == 1
+        assert 0.5 < training["eval"]["accuracy"] <= 1.0
+        assert isinstance(training["environment"], list)
 
         assert len((plots / "confusion.csv").read_text().splitlines()) == 501
-        history = pd.read_csv(plots / "history.csv")
-        assert list(history.columns) == [
-            "epoch",
-            "accuracy",
-            "loss",
-            "val_accuracy",
-            "val_loss",
-            "learning_rate",
-        ]
+        history = read_training_history(project / "dvclive" / key / "plots/metrics")
+        assert list(history.columns) == ["epoch", *TRAINING_LOGS]
         assert history["epoch"].tolist() == [1]
+        assert history["val_accuracy"].tolist() == [training["eval"]["accuracy"]]
         for png in ("training_curves.png", "confusion_matrix.png"):
             assert (plots / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -233,6 +232,12 @@ def test_repro_builds_every_stage_with_sane_outputs(project, first_run):
             workspace[f"metrics/{key}.json"]["data"]["accuracy"]
             == first_run["metrics"][key]["accuracy"]
         )
+        # The table shows what training kept, not a dozen environment strings.
+        training = workspace[f"dvclive/{key}/metrics.json"]["data"]
+        assert {"train", "eval", "step", "selected_epoch"} <= set(training)
+        assert "environment" not in training
+    table = dvc(project, "metrics", "show")
+    assert "environment" not in table and "tensorflow" not in table
 
 
 def test_second_repro_runs_nothing(project, first_run):

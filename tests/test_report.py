@@ -21,9 +21,7 @@ def fake_files() -> dict[Path, str]:
         files[Path(f"metrics/{key}.json")] = json.dumps(
             {"accuracy": base, "val_accuracy": base - 0.001}
         )
-        files[Path(f"metrics/{key}_training.json")] = json.dumps(
-            {"epochs_run": 20, "selected_epoch": 18}
-        )
+        files[Path(f"dvclive/{key}/metrics.json")] = json.dumps({"step": 20, "selected_epoch": 18})
         for seed, shift in ((1, -0.0002), (2, 0.0), (3, 0.0002)):
             rows.append(
                 {
