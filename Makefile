@@ -13,14 +13,15 @@ setup:
 	@bash scripts/setup.sh
 
 # The one-minute trial: the whole pipeline, both datasets, on a class-balanced subset for one
-# epoch, as a DVC experiment in a temporary workspace (the workspace and its results stay
-# as they are; `dvc exp show` lists it). A check that everything runs, not a result: 66 s,
-# MNIST 94.7 % and Fashion-MNIST 77.7 % (test, 1000 images) on a 2-vCPU AMD EPYC Zen 5.
+# epoch, as a DVC experiment named `trial` in a temporary workspace (the workspace and its
+# results stay as they are; `dvc exp show` lists it, and the next trial replaces it;
+# `dvc exp remove trial` drops it). A check that everything runs, not a result.
 TRIAL_PARAMS := -S preprocess.max_train_samples=5000 -S preprocess.max_test_samples=1000 \
   -S train.epochs=1 -S train.lr_schedule.warmup_epochs=0 -S datasets.fashion_mnist.train.epochs=1 \
   -S train.batch_size=32
 trial: setup          ## the whole pipeline on 5000 images for 1 epoch, in a temporary workspace (~1-2 min)
-	dvc exp run --temp $(TRIAL_PARAMS)
+	@dvc exp remove trial >/dev/null 2>&1 || true
+	dvc exp run --temp -n trial $(TRIAL_PARAMS)
 	dvc exp show --drop '.*' --keep 'Experiment|Created|metrics/[a-z_]+\.json:(val_)?accuracy$$'
 
 repro: setup          ## run the whole pipeline (both datasets)
@@ -34,9 +35,11 @@ test:                 ## set up (incl. Chromium where possible), then the whole 
 test-fast: setup      ## unit tests only: no DVC pipeline, no training (about 1 minute)
 	python -m pytest -m "not integration"
 
-lint: setup           ## what CI enforces: ruff's rules and ruff's formatting
+lint: setup           ## what CI enforces: ruff's rules and formatting; the CI workflow's schema
 	ruff check .
 	ruff format --check .
+	check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
+	check-jsonschema --builtin-schema custom.github-workflows-require-timeout .github/workflows/*.yml
 
 format: setup         ## apply ruff's formatting and safe fixes
 	ruff format .
@@ -53,13 +56,17 @@ check-results: setup  ## after `make repro`: is each accuracy inside the committ
 	mnist-cnn-check-results
 
 # The seed study: the committed params once per seed, through DVC's queue (each run in its
-# own temporary workspace; the run-cache shares what seeds have in common). Hours on 2 cores.
+# own temporary workspace; the run-cache shares what seeds have in common), each experiment
+# named seed-<n>. Hours on 2 cores.
 SEEDS ?= 42,1,2,3,4
-seed-study: setup     ## queue the committed params once per seed in SEEDS, run 2 at a time
-	dvc exp run --queue -S 'seed=$(SEEDS)'
+comma := ,
+seed-study: setup     ## queue the committed params once per seed in SEEDS (named seed-N), run 2 at a time
+	for seed in $(subst $(comma), ,$(SEEDS)); do \
+	  dvc exp run --queue -n seed-$$seed -S seed=$$seed || exit 1; \
+	done
 	dvc queue start -j 2
 
-restore: setup        ## after a failed run: params and results back as committed (keeps unsaved work)
+restore: setup        ## after a failed run: params and results back as committed (edits go to git stash)
 	python -m mnist_cnn.restore
 
 # One universal lock (environment markers) for Python 3.11-3.13 on every platform, with
