@@ -6,7 +6,7 @@
 
 Each table sits between `<!-- generated: python -m mnist_cnn.report NAME -->` and
 `<!-- end generated -->`; everything else on the pages is hand-written. The numbers come
-from metrics/<ds>.json, metrics/<ds>_training.json and metrics/seed_study.csv, so a table
+from metrics/<ds>.json, dvclive/<ds>/metrics.json and metrics/seed_study.csv, so a table
 cannot drift from the run it describes (tests/test_report.py compares the pages with the
 committed files).
 """
