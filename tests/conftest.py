@@ -156,3 +156,7 @@ def stop_processes_under(root: Path, grace: float = 30.0) -> list[str]:
             continue
     psutil.wait_procs(processes_under(root), timeout=10)
     return killed
+
+
+# Skips CI accepts (and the hooks that fail a CI run on any other): tests/skip_policy.py.
+from tests.skip_policy import pytest_runtest_logreport, pytest_sessionfinish  # noqa: E402, F401
