@@ -97,6 +97,38 @@ def rng() -> np.random.Generator:
     return np.random.default_rng(0)
 
 
+@contextlib.contextmanager
+def restored_tf_global_state():
+    """Undo on exit what training code sets for the whole process: TF's op determinism,
+    Python's and NumPy's random state, and the global seeds of Keras and TF; the tests
+    after one that trains then run under the same state as without it."""
+    import random
+
+    import tensorflow as tf
+    from keras.src.backend.common import global_state  # Keras has no public getter
+    from tensorflow.python.framework import config as tf_config  # nor TF a public disable
+
+    determinism = tf_config.is_op_determinism_enabled()
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    keras_seed = global_state.get_global_attribute("global_random_seed")
+    try:
+        yield
+    finally:
+        if not determinism:
+            tf_config.disable_op_determinism()
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+        global_state.set_global_attribute("global_random_seed", keras_seed)
+        tf.random.set_seed(keras_seed)  # None clears it
+
+
+@pytest.fixture
+def tf_global_state():
+    """For a test that seeds or makes TF deterministic (see restored_tf_global_state)."""
+    with restored_tf_global_state():
+        yield
+
+
 def run_bounded(
     args: list[str], cwd: Path, env: dict[str, str], timeout: float, stdout=subprocess.PIPE
 ) -> subprocess.CompletedProcess:

@@ -21,7 +21,7 @@ from mnist_cnn.input_pipeline import training_dataset
 from mnist_cnn.model import build_model, compile_model
 from mnist_cnn.params import ModelParams, Params, TrainParams
 from mnist_cnn.peer import BATCH_SIZE, keras_io_convnet, published_inputs
-from tests.conftest import PROJECT_ROOT, committed_params
+from tests.conftest import PROJECT_ROOT, committed_params, restored_tf_global_state
 
 
 def layer_summary(model: keras.Model) -> list[tuple]:
@@ -152,7 +152,9 @@ def test_time_to_targets_records_first_crossings_and_stops_when_all_reached():
     assert "99.0% not reached" in unreached.describe()
 
 
-def test_time_to_accuracy_trains_through_the_stage_fit_and_stops_at_the_targets():
+def test_time_to_accuracy_trains_through_the_stage_fit_and_stops_at_the_targets(
+    tf_global_state,
+):
     """Separable toy data: the targets are met, and training stops there, not at `epochs`."""
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 10, 640)
@@ -164,3 +166,21 @@ def test_time_to_accuracy_trains_through_the_stage_fit_and_stops_at_the_targets(
     timer = time_to_accuracy(train, 0, data, (0.5, 0.9))
     assert set(timer.reached) == {0.5, 0.9}
     assert timer.epochs_run == max(epoch for _, epoch in timer.reached.values()) < 30
+
+
+def test_tf_global_state_is_put_back_after_a_test_that_trains():
+    """What time_to_accuracy (through make_deterministic) sets, undone by the fixture."""
+    import random
+
+    from tensorflow.python.framework import config as tf_config
+
+    from mnist_cnn.training import make_deterministic
+
+    assert not tf_config.is_op_determinism_enabled()
+    python_state, numpy_state = random.getstate(), np.random.get_state()[1].copy()
+    with restored_tf_global_state():
+        make_deterministic(3)
+        assert tf_config.is_op_determinism_enabled()
+    assert not tf_config.is_op_determinism_enabled()
+    assert random.getstate() == python_state
+    assert (np.random.get_state()[1] == numpy_state).all()
