@@ -9,6 +9,7 @@ and in any order. After every test no process may still run in the project.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -366,12 +367,15 @@ def test_predict_handles_a_photo_of_a_digit_on_paper(project, first_run, tmp_pat
     # digits: median 0.979, 5th percentile 0.80).
     assert np.median(correlations) > 0.95 and min(correlations) > 0.5, correlations
 
-    # And the command line takes the JPEG photos like any other file.
-    result = predict(project, "--dataset", "mnist", "--json", *photos)
-    assert result.returncode == 0, result.stderr
-    for answer in json.loads(result.stdout):
-        probabilities = [p["probability"] for p in answer["predictions"]]
-        assert len(probabilities) == 3 and 0 < sum(probabilities) <= 1 + 1e-6
+    # And the command line reads the JPEG photos as the digits they show: the model's
+    # answer for a photo is its answer for the original test image.
+    def top_classes(files: list[str]) -> list[str]:
+        result = predict(project, "--dataset", "mnist", "--json", *files)
+        assert result.returncode == 0, result.stderr
+        return [answer["predictions"][0]["class"] for answer in json.loads(result.stdout)]
+
+    agree = np.mean(np.array(top_classes(photos)) == np.array(top_classes(paths)))
+    assert agree >= 0.85, f"photo and original predicted alike for only {agree:.0%}"
 
 
 def lock_outputs(project: Path) -> dict[str, str]:
@@ -460,21 +464,34 @@ def test_exp_run_with_train_param_reruns_only_train_and_evaluate(rate_experiment
         assert changes["loss"]["new"] != changes["loss"]["old"]
 
 
+def key_one_dataset_overrides(params: dict) -> tuple[str, str, str]:
+    """A positive float `train` key exactly one dataset overrides: (key, it, the other)."""
+    overrides = {name: set(flatten(entry["train"])) for name, entry in params["datasets"].items()}
+    for key in sorted(set().union(*overrides.values())):
+        owners = [name for name, keys in overrides.items() if key in keys]
+        shared = functools.reduce(
+            lambda node, part: node.get(part, {}), key.split("."), params["train"]
+        )
+        if len(owners) == 1 and isinstance(shared, float) and shared > 0:
+            return key, owners[0], next(name for name in overrides if name != owners[0])
+    pytest.fail("no float train key is overridden by exactly one dataset in params.yaml")
+
+
 def test_shared_key_a_dataset_overrides_reruns_only_the_other_dataset(project, first_run):
-    """Fashion-MNIST overrides `train.model.dense_dropout` (params.yaml): changing the
-    shared value re-runs MNIST's train and evaluate only, and going back restores them
-    from the run-cache; Fashion-MNIST's stages never run."""
+    """A shared `train` key one dataset overrides (in params.yaml, e.g. Fashion-MNIST's
+    dropout): changing the shared value re-runs the other dataset's train and evaluate
+    only, and going back restores them from the run-cache; the overriding dataset's
+    stages never run."""
     params = yaml.safe_load((project / "params.yaml").read_text())
-    assert "dense_dropout" in params["datasets"]["fashion_mnist"]["train"]["model"]
-    assert "dense_dropout" not in params["datasets"]["mnist"]["train"].get("model", {})
-    shared = params["train"]["model"]["dense_dropout"]
+    key, overriding, other = key_one_dataset_overrides(params)
+    shared = functools.reduce(dict.get, key.split("."), params["train"])
 
-    output = dvc(project, "exp", "run", "-S", f"train.model.dense_dropout={shared / 2:g}")
-    assert stages_run(output) == {"check_params", "train@mnist", "evaluate@mnist"}
-    assert "Stage 'train@fashion_mnist' didn't change" in output
+    output = dvc(project, "exp", "run", "-S", f"train.{key}={shared / 2:g}")
+    assert stages_run(output) == {"check_params", f"train@{other}", f"evaluate@{other}"}
+    assert f"Stage 'train@{overriding}' didn't change" in output
 
-    output = dvc(project, "exp", "run", "-S", f"train.model.dense_dropout={shared:g}")
-    assert {"train@mnist", "evaluate@mnist"} <= stages_restored(output)
+    output = dvc(project, "exp", "run", "-S", f"train.{key}={shared:g}")
+    assert {f"train@{other}", f"evaluate@{other}"} <= stages_restored(output)
     assert stages_run(output) == {"check_params"}  # never run-cached; nothing else runs
     assert read_metrics(project) == first_run["metrics"]
 
@@ -658,6 +675,28 @@ def test_restore_refuses_to_overwrite_an_output_dvc_has_no_copy_of(project, firs
     assert "seed: 7" in (project / "params.yaml").read_text()  # nothing was reverted
 
 
+def test_restore_with_nothing_to_do_says_so_and_changes_nothing(project, first_run):
+    stashed = run(["git", "stash", "list"], project)
+    output = run(["bash", "-c", RECOVER], project)
+    assert "restore: nothing to do" in output
+    assert git_status(project) == ""
+    assert run(["git", "stash", "list"], project) == stashed
+
+
+def test_restore_discard_drops_a_finished_run_without_saving_it(
+    project, first_run, rate_experiment
+):
+    dvc(project, "exp", "apply", rate_experiment["name"])
+    saved_before = dvc(project, "exp", "list", "--name-only").split()
+    stashed = run(["git", "stash", "list"], project)
+    output = run([sys.executable, "-m", "mnist_cnn.restore", "--discard"], project)
+    assert "saved it as experiment" not in output and "stash" not in output
+    assert dvc(project, "exp", "list", "--name-only").split() == saved_before
+    assert git_status(project) == ""
+    assert read_metrics(project) == first_run["metrics"]
+    assert run(["git", "stash", "list"], project) == stashed
+
+
 def test_restore_keeps_an_unrun_params_edit_in_git_stash(project, first_run):
     """An edit of params.yaml that was never run is no failed run to undo: `make restore`
     puts it into git's stash (and says so), and `git stash pop` brings it back."""
@@ -778,9 +817,19 @@ def start_in_background(args: list[str], project: Path, log: Path) -> subprocess
         )
 
 
+def logged_epochs(summary: Path) -> int:
+    """The last epoch DVCLive's summary holds (0 before the first one is written)."""
+    try:
+        return int(json.loads(summary.read_text()).get("step", 0))
+    except (OSError, ValueError):  # not there yet, or being rewritten
+        return 0
+
+
 def test_exp_show_reports_epochs_while_the_stage_trains(project, first_run, tmp_path):
     """Progress the DVC way: while `dvc exp run` trains, `dvc exp show --json` reads the
-    epochs finished so far from the stage's declared metrics file (and plots/ its rows)."""
+    epochs finished so far from DVCLive's summary (and the TSVs their rows). The run is
+    frozen (SIGSTOP) once two epochs are logged, so it is provably still training while
+    `dvc exp show` runs, however fast the machine."""
     log = tmp_path / "exp.log"
     process = start_in_background(
         [sys.executable, "-m", "dvc", "exp", "run", "-S", "datasets.mnist.train.epochs=60"],
@@ -790,17 +839,15 @@ def test_exp_show_reports_epochs_while_the_stage_trains(project, first_run, tmp_
     summary = project / "dvclive/mnist/metrics.json"
     try:
         deadline = time.monotonic() + 200
-        while time.monotonic() < deadline and process.poll() is None:
-            if "Epoch 3/60" in log.read_text():  # two epochs done, a third under way
-                break
+        while logged_epochs(summary) < 2 and process.poll() is None:
+            assert time.monotonic() < deadline, f"no 2 epochs in 200 s:\n{log.read_text()}"
             time.sleep(0.2)
+        os.killpg(process.pid, signal.SIGSTOP)
         assert process.poll() is None, f"training ended before it was observed:\n{log.read_text()}"
         shown = workspace_row(json.loads(dvc(project, "exp", "show", "--json")))
-        still_training = process.poll() is None
     finally:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=60)
-    assert still_training, "the stage ended while `dvc exp show` ran: no proof of live progress"
     metrics = shown["metrics"][summary.relative_to(project).as_posix()]["data"]
     assert metrics["step"] >= 2 and "selected_epoch" not in metrics, metrics  # not finished
     history = read_training_history(project / "dvclive/mnist/plots/metrics")

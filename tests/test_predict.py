@@ -8,8 +8,11 @@ import zlib
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
+from mnist_cnn.datasets import DATASETS
+from mnist_cnn.params import deep_merge, validate_params
 from mnist_cnn.predict import (
     ImageError,
     load_grayscale,
@@ -199,10 +202,12 @@ def test_test_time_shifts_follow_the_pipeline_params(tmp_path, monkeypatch, caps
     assert pipeline_shift_pixels("fashion_mnist") == 0  # no params.yaml: one view
     raw = committed_text("params.yaml")
     (tmp_path / "params.yaml").write_text(raw)
-    expected = {"mnist": 0, "fashion_mnist": 1}  # the committed evaluate settings
+    committed = validate_params(yaml.safe_load(raw))  # each dataset's evaluate settings
+    expected = {key: committed.evaluate_for(key).test_time_shift_pixels for key in DATASETS}
     assert {key: pipeline_shift_pixels(key) for key in expected} == expected
+    out_of_range = {"datasets": {"fashion_mnist": {"evaluate": {"test_time_shift_pixels": 7}}}}
     (tmp_path / "params.yaml").write_text(
-        raw.replace("test_time_shift_pixels: 1", "test_time_shift_pixels: 7")
+        yaml.safe_dump(deep_merge(yaml.safe_load(raw), out_of_range))
     )
     assert main(["--dataset", "fashion_mnist", str(tmp_path / "shoe.png")]) == 2
     error = capsys.readouterr().err

@@ -75,3 +75,25 @@ def test_committed_pages_show_the_committed_results(page):
 
     committed_page = read(Path(page))
     assert render(committed_page, PAGES[page], read) == committed_page
+
+
+def test_check_names_a_stale_page_and_changes_nothing(tmp_path, monkeypatch, capsys):
+    """`--check` exits 1 and names the pages whose tables differ from metrics/; without it
+    the pages are rewritten, after which `--check` passes."""
+    from mnist_cnn.report import main
+
+    monkeypatch.chdir(tmp_path)
+    for path, text in fake_files().items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    for page, names in PAGES.items():
+        Path(page).parent.mkdir(parents=True, exist_ok=True)
+        Path(page).write_text("".join(f"{marker(name)}stale\n{END}\n" for name in names))
+    before = {page: Path(page).read_text() for page in PAGES}
+
+    assert main(["--check"]) == 1
+    assert capsys.readouterr().out.strip() == (f"report: {', '.join(PAGES)} differ from metrics/")
+    assert {page: Path(page).read_text() for page in PAGES} == before
+    assert main([]) == 0
+    assert main(["--check"]) == 0
+    assert "report: no page differ" in capsys.readouterr().out
