@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from mnist_cnn.bench import (
     KERAS_IO_PRESET,
@@ -83,13 +84,27 @@ def test_images_per_second_times_every_contender_in_turns():
     x = rng.random((4 * BATCH_SIZE, 28, 28, 1), dtype=np.float32)
     y = keras.utils.to_categorical(rng.integers(0, 10, len(x)), 10)
     data = training_dataset(x, y, BATCH_SIZE, 0, preset_train().augment)
+    batches: list[str] = []  # which contender's pipeline gave each batch, in order
+
+    def noting(name: str) -> tf.data.Dataset:
+        def note(images, labels):
+            token = tf.py_function(lambda: batches.append(name) or 0, [], tf.int32)
+            with tf.control_dependencies([token]):
+                return tf.identity(images), labels
+
+        return data.map(note)
+
     speeds = images_per_second(
-        {"one": (keras_io_convnet(), data), "two": (keras_io_convnet(), data)},
+        {"one": (keras_io_convnet(), noting("one")), "two": (keras_io_convnet(), noting("two"))},
         steps=2,
         repeats=3,
     )
     assert set(speeds) == {"one", "two"}
     assert all(np.isfinite(speed) and speed > 0 for speed in speeds.values())
+    # In turns: a warm-up each, then one, two, one, two, ... never a contender's repeats
+    # back to back.
+    turns = [name for index, name in enumerate(batches) if batches[index - 1 : index] != [name]]
+    assert turns == ["one", "two"] * 4, batches
 
 
 def test_peer_preprocesses_as_published():
