@@ -9,6 +9,7 @@ and in any order. After every test no process may still run in the project.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import json
@@ -842,16 +843,65 @@ def test_exp_show_reports_epochs_while_the_stage_trains(project, first_run, tmp_
         while logged_epochs(summary) < 2 and process.poll() is None:
             assert time.monotonic() < deadline, f"no 2 epochs in 200 s:\n{log.read_text()}"
             time.sleep(0.2)
-        os.killpg(process.pid, signal.SIGSTOP)
         assert process.poll() is None, f"training ended before it was observed:\n{log.read_text()}"
+        os.killpg(process.pid, signal.SIGSTOP)
         shown = workspace_row(json.loads(dvc(project, "exp", "show", "--json")))
     finally:
-        os.killpg(process.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=60)
     metrics = shown["metrics"][summary.relative_to(project).as_posix()]["data"]
     assert metrics["step"] >= 2 and "selected_epoch" not in metrics, metrics  # not finished
     history = read_training_history(project / "dvclive/mnist/plots/metrics")
     assert len(history) >= 2 and list(history["epoch"][:2]) == [1, 2]
+
+
+def test_exp_show_reports_epochs_of_a_temp_run_while_it_trains(project, first_run, tmp_path):
+    """The same for `dvc exp run --temp` (how queued runs train too): DVCLive writes into
+    the temporary workspace, and `dvc exp show` lists the running experiment with them."""
+    log = tmp_path / "temp.log"
+    process = start_in_background(
+        [
+            sys.executable,
+            "-m",
+            "dvc",
+            "exp",
+            "run",
+            "--temp",
+            "-n",
+            "live-temp",
+            "-S",
+            "datasets.mnist.train.epochs=60",
+        ],
+        project,
+        log,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while process.poll() is None:
+            summaries = list((project / ".dvc/tmp/exps").glob("**/dvclive/mnist/metrics.json"))
+            if summaries and logged_epochs(summaries[0]) >= 2:
+                break
+            assert time.monotonic() < deadline, f"no 2 epochs in 240 s:\n{log.read_text()}"
+            time.sleep(0.2)
+        assert process.poll() is None, f"the run ended before it was observed:\n{log.read_text()}"
+        os.killpg(process.pid, signal.SIGSTOP)
+        table = json.loads(dvc(project, "exp", "show", "--json"))
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=60)
+        attempt([sys.executable, "-m", "dvc", "exp", "clean"], project)  # the killed run's files
+    running = [
+        rev["data"]
+        for node in table
+        for child in node.get("experiments") or []
+        if child.get("name") == "live-temp"
+        for rev in child.get("revs") or []
+    ]
+    assert running, json.dumps(table)[:3000]
+    metrics = running[0]["metrics"]["dvclive/mnist/metrics.json"]["data"]
+    assert metrics["step"] >= 2 and "selected_epoch" not in metrics, metrics
 
 
 def test_kill_during_training_then_repro_completes(project, first_run, tmp_path):
