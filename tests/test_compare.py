@@ -9,6 +9,7 @@ tests/data/exp_params.yaml is the params.yaml it ran from.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -205,3 +206,26 @@ def test_params_prefixed_with_their_file_count_once(rows, sections):
     table = comparison_table([prefixed(row) for row in rows], sections)
     swept = [name for name in table.columns if "." in name]
     assert swept == ["datasets.mnist.train.epochs", "datasets.mnist.train.learning_rate"]
+
+
+def test_command_in_a_repository_without_runs_says_what_to_do(tmp_path):
+    """A fresh DVC repository (nothing committed, nothing run): one line, exit 1."""
+    import subprocess
+    import sys
+
+    env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": str(tmp_path)}
+    for command in (["git", "init", "-q"], [sys.executable, "-m", "dvc", "init", "-q"]):
+        subprocess.run(command, cwd=tmp_path, env=env, check=True, timeout=120)
+    (tmp_path / "params.yaml").write_text("seed: 1\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "mnist_cnn.compare"],
+        cwd=tmp_path,
+        env={**env, "PYTHONPATH": str(PROJECT_ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        "compare: no experiments found (run some with `dvc exp run`)"
+    )
