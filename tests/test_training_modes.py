@@ -236,3 +236,35 @@ def test_saved_model_is_the_epoch_the_summary_reports(workspace):
         f"saved model scores {accuracy}, the summary's epoch {summary['selected_epoch']} "
         f"{summary['eval']['accuracy']} (validation per epoch: {history['val_accuracy'].tolist()})"
     )
+
+
+def test_reduce_lr_on_plateau_cuts_the_rate_the_epoch_after_a_stall(workspace):
+    """The write-up's ReduceLROnPlateau, switched on from params: a rate so small that
+    validation loss cannot improve by Keras' min_delta (1e-4; no batch norm, whose
+    statistics would still move) stalls every epoch, so with patience 1 the rate is
+    halved after epoch 2 and again after epoch 3 — as the logged rates show."""
+    from mnist_cnn.artifacts import read_training_history
+
+    rate = 1e-9
+    train = {
+        "precision": "float32",
+        "learning_rate": rate,
+        "lr_schedule": {"name": "constant", "warmup_epochs": 0},
+        "early_stopping": {"enabled": False},
+        "reduce_lr": {
+            "enabled": True,
+            "monitor": "val_loss",
+            "factor": 0.5,
+            "patience": 1,
+            "min_lr": 0.0,
+        },
+        "model": {"batch_norm": False},
+    }
+    params = deep_merge(
+        deep_merge(committed_params(), TINY_OVERRIDE),
+        {"train": train, "datasets": {"mnist": {"train": {"epochs": 4}}}},
+    )
+    (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run_stage(workspace, "stages.train", "mnist")
+    logged = read_training_history(workspace / "dvclive/mnist/plots/metrics")["learning_rate"]
+    assert logged.tolist() == pytest.approx([rate, rate, rate / 2, rate / 4], rel=1e-6)
