@@ -117,8 +117,12 @@ def comparison_table(rows: list[dict], sections: list[str]) -> pd.DataFrame:
             entry[f"{key} accuracy"] = _value(row, test, "accuracy")
             entry[f"{key} loss"] = _value(row, test, "loss")
             run, kept = _value(row, training, "step"), _value(row, training, "selected_epoch")
+            # Numbers only: a running experiment has no kept epoch yet, and DVC marks a
+            # file it failed to read with "!".
             entry[f"{key} epochs (kept)"] = (
-                f"{run:.0f} ({kept:.0f})" if run is not None and kept is not None else None
+                f"{run:.0f} ({kept:.0f})"
+                if all(isinstance(value, int | float) for value in (run, kept))
+                else None
             )
         table.append(entry)
     return pd.DataFrame(table)

@@ -154,6 +154,18 @@ def test_only_finished_experiments_count_in_seed_groups(seed_sweep, sections):
     assert table["experiment"].str.endswith("[running]").sum() == 1
 
 
+def test_running_and_unreadable_rows_leave_the_epochs_cell_empty(seed_sweep, sections):
+    """While a run trains, DVCLive's summary has `step` but no `selected_epoch` yet; a
+    file DVC failed to read shows as "!". Neither breaks the table."""
+    running = {**seeded(seed_sweep[0], 7, 0.5, "busy"), "State": "Running"}
+    running.pop("dvclive/mnist/metrics.json:selected_epoch")
+    broken = {**seeded(seed_sweep[0], 8, 0.5, "broken"), "dvclive/mnist/metrics.json:step": "!"}
+    table = comparison_table([*seed_sweep, running, broken], sections)
+    epochs = table.set_index("experiment")["mnist epochs (kept)"]
+    assert epochs.filter(like="busy").isna().all() and epochs.filter(like="broken").isna().all()
+    assert epochs.notna().sum() == len(seed_sweep)
+
+
 def test_a_study_file_keeps_other_runs_and_replaces_a_runs_earlier_row(seed_sweep, sections):
     runs = seed_runs(seed_sweep, sections)
     mnist = runs[(runs["dataset"] == "mnist") & (runs["group"] == COMMITTED_PARAMS)]
