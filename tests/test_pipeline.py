@@ -826,11 +826,18 @@ def logged_epochs(summary: Path) -> int:
         return 0
 
 
-def forget_killed_runs(project: Path) -> None:
-    """DVC's records of experiment runs this test killed: a killed run stays listed as
-    running (`dvc exp clean` keeps it), and the tests after would see it."""
-    for records in ("run", "standalone"):
-        shutil.rmtree(project / ".dvc/tmp/exps" / records, ignore_errors=True)
+def run_records(project: Path) -> set[Path]:
+    """DVC's records of experiment runs: their info files and temporary workspaces."""
+    folders = [project / ".dvc/tmp/exps" / name for name in ("run", "standalone")]
+    return {path for folder in folders if folder.is_dir() for path in folder.iterdir()}
+
+
+def forget_runs_since(project: Path, before: set[Path]) -> None:
+    """Remove the records of runs started since `before` (runs this test killed: DVC keeps
+    listing a killed run as running, and `dvc exp clean` keeps it), and no other: the
+    queue's finished runs must keep theirs."""
+    for path in run_records(project) - before:
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
 def test_exp_show_reports_epochs_while_the_stage_trains(project, first_run, tmp_path):
@@ -857,7 +864,6 @@ def test_exp_show_reports_epochs_while_the_stage_trains(project, first_run, tmp_
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=60)
-        forget_killed_runs(project)
     metrics = shown["metrics"][summary.relative_to(project).as_posix()]["data"]
     assert metrics["step"] >= 2 and "selected_epoch" not in metrics, metrics  # not finished
     history = read_training_history(project / "dvclive/mnist/plots/metrics")
@@ -868,6 +874,7 @@ def test_exp_show_reports_epochs_of_a_temp_run_while_it_trains(project, first_ru
     """The same for `dvc exp run --temp` (how queued runs train too): DVCLive writes into
     the temporary workspace, and `dvc exp show` lists the running experiment with them."""
     log = tmp_path / "temp.log"
+    records = run_records(project)
     process = start_in_background(
         [
             sys.executable,
@@ -899,7 +906,7 @@ def test_exp_show_reports_epochs_of_a_temp_run_while_it_trains(project, first_ru
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=60)
-        forget_killed_runs(project)
+        forget_runs_since(project, records)
     running = [
         rev["data"]
         for node in table
