@@ -44,24 +44,34 @@ def shift_images(images: tf.Tensor, offsets: tf.Tensor) -> tf.Tensor:
     return _transform(images, transforms, "NEAREST")
 
 
-def rotate_and_zoom(images: tf.Tensor, angles: tf.Tensor, scales: tf.Tensor) -> tf.Tensor:
+def rotate_zoom_and_shift(
+    images: tf.Tensor, angles: tf.Tensor, scales: tf.Tensor, offsets: tf.Tensor | None = None
+) -> tf.Tensor:
     """Rotate each image by angles[i] radians (counter-clockwise as displayed) and scale
-    it by scales[i], both about its centre; bilinear sampling, black fill. One op.
+    it by scales[i], both about its centre, then move it by offsets[i] = (dx, dy) pixels;
+    bilinear sampling, black fill.
+
+    One projective-transform op for all three: a second op for the shift would resample
+    the whole batch again (whole-pixel shifts of a bilinear image are the same pixels).
     """
     height, width = tf.unstack(tf.cast(tf.shape(images)[1:3], tf.float32))
     centre_x, centre_y = (width - 1) / 2, (height - 1) / 2
-    # Each row maps an output pixel back to its input pixel: p_in = R(-angle) (p_out - c)
-    # / scale + c. Image rows grow downwards, hence the signs of the sine terms.
+    if offsets is None:
+        offsets = tf.zeros((tf.shape(images)[0], 2))
+    # Each row maps an output pixel back to its input pixel: p_in = R(-angle) (p_out - d
+    # - c) / scale + c. Image rows grow downwards, hence the signs of the sine terms.
     cos, sin = tf.cos(angles) / scales, tf.sin(angles) / scales
+    from_x = centre_x + tf.cast(offsets[:, 0], tf.float32)
+    from_y = centre_y + tf.cast(offsets[:, 1], tf.float32)
     zeros = tf.zeros_like(angles)
     transforms = tf.stack(
         [
             cos,
             -sin,
-            centre_x - cos * centre_x + sin * centre_y,
+            centre_x - cos * from_x + sin * from_y,
             sin,
             cos,
-            centre_y - sin * centre_x - cos * centre_y,
+            centre_y - sin * from_x - cos * from_y,
             zeros,
             zeros,
         ],
@@ -118,18 +128,20 @@ def augment_batch(images: tf.Tensor, seed: tf.Tensor, augment: AugmentParams) ->
     shift_seed, flip_seed, erase_seed, angle_seed, scale_seed = tf.unstack(
         tf.random.experimental.stateless_split(seed, 5)
     )
+    offsets = None
+    if augment.shift_pixels:
+        shift = augment.shift_pixels
+        offsets = tf.random.stateless_uniform(
+            (count, 2), shift_seed, minval=-shift, maxval=shift + 1, dtype=tf.int32
+        )
     if augment.rotation_degrees or augment.zoom:
         limit = math.radians(augment.rotation_degrees)
         angles = tf.random.stateless_uniform((count,), angle_seed, -limit, limit)
         scales = tf.random.stateless_uniform(
             (count,), scale_seed, 1 - augment.zoom, 1 + augment.zoom
         )
-        images = rotate_and_zoom(images, angles, scales)
-    if augment.shift_pixels:
-        shift = augment.shift_pixels
-        offsets = tf.random.stateless_uniform(
-            (count, 2), shift_seed, minval=-shift, maxval=shift + 1, dtype=tf.int32
-        )
+        images = rotate_zoom_and_shift(images, angles, scales, offsets)
+    elif offsets is not None:
         images = shift_images(images, offsets)
     if augment.horizontal_flip:
         flip = tf.random.stateless_uniform((count, 1, 1, 1), flip_seed) < 0.5

@@ -114,8 +114,10 @@ def fit(
     backup_dir: Path,
     extra_callbacks: tuple[keras.callbacks.Callback, ...] = (),
     verbose: int | str = 2,
-) -> dict[str, list[float]]:
-    """Train a compiled model the way the train stage does; return Keras' history.
+) -> keras.callbacks.History:
+    """Train a compiled model the way the train stage does; return Keras' History
+    (`.history`: the logged values, `.epoch`: the epochs this call trained, from 0 —
+    after a resume from a backup, not from the first).
 
     Each split is (images, one-hot labels). The training pipeline shuffles and augments
     reproducibly from `seed`; validation runs after every epoch; the callbacks come from
@@ -129,7 +131,7 @@ def fit(
         shuffle=False,  # the dataset shuffles itself, reproducibly
         callbacks=[*build_callbacks(train, backup_dir), *extra_callbacks],
         verbose=verbose,
-    ).history
+    )
 
 
 def selected_epoch_index(
@@ -147,9 +149,12 @@ def selected_epoch_index(
     return values.index(pick(values))
 
 
-def kept_epoch_summary(history: dict[str, list[float]], selected: int) -> dict:
+def kept_epoch_summary(
+    history: dict[str, list[float]], selected: int, first_epoch: int = 0
+) -> dict:
     """What the saved model scored, for DVCLive's metrics.json: the kept epoch's logged
     values under DVCLive's names (`train/…`, `eval/…`) and its number (from 1).
+    `first_epoch` is the index of history's first entry (a resumed run starts later).
 
     While training runs, DVCLive's summary holds the latest epoch's values; at the end the
     saved model holds the kept epoch's weights, so the summary says what that model scored.
@@ -158,4 +163,16 @@ def kept_epoch_summary(history: dict[str, list[float]], selected: int) -> dict:
     for name, logged in history.items():
         split, metric = live_metric_file(name).removesuffix(".tsv").split("/")
         values[split][metric] = float(logged[selected])
-    return {**values, "selected_epoch": selected + 1}
+    return {**values, "selected_epoch": first_epoch + selected + 1}
+
+
+class StepIsEpoch(keras.callbacks.Callback):
+    """Keep a logger's step (DVCLive's `Live.step`) equal to the epoch's number from 1,
+    as Keras prints it, also when training resumes from a backup at a later epoch."""
+
+    def __init__(self, logger):
+        super().__init__()
+        self.logger = logger
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.logger.step = epoch + 1

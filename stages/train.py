@@ -36,6 +36,7 @@ from mnist_cnn.runtime import (
 )
 from mnist_cnn.training import (
     BACKUP_DIR,
+    StepIsEpoch,
     fit,
     kept_epoch_summary,
     make_deterministic,
@@ -93,8 +94,6 @@ def main(argv: list[str] | None = None) -> int:
         if distribution.is_chief
         else contextlib.nullcontext()
     )
-    if distribution.is_chief:
-        live.step = 1  # DVCLive's step = the epoch's number, as Keras prints it ("Epoch 1/20")
     # Train (resuming only a backup of this very run: same seed, params and data).
     backup_dir = BACKUP_DIR / spec.key
     if train.backup_and_restore:
@@ -103,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     with live:
         started = time.perf_counter()
         with distribution.strategy.scope():
-            history = fit(
+            trained = fit(
                 model,
                 train,
                 params.seed,
@@ -111,17 +110,23 @@ def main(argv: list[str] | None = None) -> int:
                 val_split,
                 batch_size,
                 backup_dir,
-                # After the params' callbacks, so each epoch's learning rate is logged too.
-                extra_callbacks=(DVCLiveCallback(live=live),) if distribution.is_chief else (),
+                # After the params' callbacks, so each epoch's learning rate is logged too;
+                # DVCLive's step is the epoch's number ("Epoch 1/20" is step 1).
+                extra_callbacks=(StepIsEpoch(live), DVCLiveCallback(live=live))
+                if distribution.is_chief
+                else (),
                 # One line per epoch when logged to a file; a live progress bar in a terminal.
                 verbose=1 if sys.stdout.isatty() else 2,
             )
         seconds = time.perf_counter() - started
+        # After a resume from a backup, Keras' history (and so the choice of the kept
+        # epoch) covers the epochs trained since: EarlyStopping's state is not backed up.
+        history, first_epoch = trained.history, (trained.epoch or [0])[0]
         selected = selected_epoch_index(history, train.early_stopping)
         print(
             f"[train] {spec.title}: {len(history['loss'])} epochs in {seconds:.0f} s "
-            f"({len(history['loss']) * len(x_train) / seconds:.0f} images/s); "
-            f"kept epoch {selected + 1}: val_accuracy {history['val_accuracy'][selected]:.4f}"
+            f"({len(history['loss']) * len(x_train) / seconds:.0f} images/s); kept epoch "
+            f"{first_epoch + selected + 1}: val_accuracy {history['val_accuracy'][selected]:.4f}"
         )
         if not distribution.is_chief:
             return 0  # the chief holds the same weights and writes them
@@ -129,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         # Save the model (weights restored to the best epoch when early stopping is on),
         # then the summary (written when the `with` block ends): what the saved model scored.
         save_model(model, paths.model)
-        live.summary.update(kept_epoch_summary(history, selected))
+        live.summary.update(kept_epoch_summary(history, selected, first_epoch))
         live.summary["parameters"] = int(model.count_params())
         # CPU, libraries, threads, precision: what makes another machine's numbers differ.
         live.summary["environment"] = environment_entries(

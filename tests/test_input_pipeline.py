@@ -10,7 +10,7 @@ from mnist_cnn.input_pipeline import (
     augment_batch,
     erase_rectangles,
     evaluation_dataset,
-    rotate_and_zoom,
+    rotate_zoom_and_shift,
     shift_images,
     training_dataset,
 )
@@ -116,17 +116,39 @@ def test_evaluation_dataset_keeps_order():
 
 def test_rotation_turns_about_the_centre_and_zoom_scales():
     dots = tf.constant(images_with_a_dot(2))
-    same = rotate_and_zoom(dots, tf.constant([0.0, 0.0]), tf.constant([1.0, 1.0]))
+    same = rotate_zoom_and_shift(dots, tf.constant([0.0, 0.0]), tf.constant([1.0, 1.0]))
     np.testing.assert_array_equal(same, dots)
     # A quarter turn counter-clockwise as displayed: the dot 1.5 px left of and 3.5 px
     # above the centre (13.5, 13.5) ends 3.5 px left of and 1.5 px below it.
-    turned = rotate_and_zoom(dots, tf.constant([np.pi / 2, -np.pi / 2]), tf.constant([1.0, 1.0]))
+    turned = rotate_zoom_and_shift(
+        dots, tf.constant([np.pi / 2, -np.pi / 2]), tf.constant([1.0, 1.0])
+    )
     assert dot_positions(turned.numpy().round(4)) == [(15, 10), (12, 17)]
     square = np.zeros((2, 28, 28, 1), np.float32)
     square[:, 9:19, 9:19] = 1.0  # 10 x 10, centred
-    scaled = rotate_and_zoom(tf.constant(square), tf.constant([0.0, 0.0]), tf.constant([1.2, 0.8]))
+    scaled = rotate_zoom_and_shift(
+        tf.constant(square), tf.constant([0.0, 0.0]), tf.constant([1.2, 0.8])
+    )
     areas = scaled.numpy().sum(axis=(1, 2, 3))
     np.testing.assert_allclose(areas, [144, 64], rtol=0.1)
+
+
+def test_one_transform_equals_rotating_then_shifting():
+    # The single op that rotates, zooms and shifts gives the pixels of two ops in turn
+    # (bilinear rotation, then a whole-pixel shift), for content away from the borders.
+    rng = np.random.default_rng(3)
+    images = np.zeros((6, 28, 28, 1), np.float32)
+    images[:, 6:22, 6:22] = rng.random((6, 16, 16, 1))
+    images = tf.constant(images)
+    angles = tf.constant(np.radians([-10, -4, 0, 3, 7, 10]), tf.float32)
+    scales = tf.constant([0.9, 1.1, 1.0, 0.95, 1.05, 1.1])
+    offsets = tf.constant([[2, -2], [-1, 0], [0, 1], [2, 2], [-2, -2], [0, 0]])
+    one_op = rotate_zoom_and_shift(images, angles, scales, offsets)
+    two_ops = shift_images(rotate_zoom_and_shift(images, angles, scales), offsets)
+    np.testing.assert_allclose(one_op, two_ops, atol=1e-5)
+    assert (
+        float(tf.reduce_max(tf.abs(one_op - rotate_zoom_and_shift(images, angles, scales)))) > 0.1
+    )
 
 
 def test_rotation_and_zoom_draws_stay_in_range():

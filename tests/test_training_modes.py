@@ -268,3 +268,63 @@ def test_reduce_lr_on_plateau_cuts_the_rate_the_epoch_after_a_stall(workspace):
     run_stage(workspace, "stages.train", "mnist")
     logged = read_training_history(workspace / "dvclive/mnist/plots/metrics")["learning_rate"]
     assert logged.tolist() == pytest.approx([rate, rate, rate / 2, rate / 4], rel=1e-6)
+
+
+def test_training_killed_mid_run_resumes_from_its_backup(workspace, tmp_path):
+    """`backup_and_restore: true`: a run killed after its second epoch resumes at the
+    third; DVCLive's rows keep the epochs' own numbers, the summary's kept epoch is the
+    best (lowest val_loss) of those the resumed run trained (Keras' EarlyStopping state is
+    not in the backup), and the backup is gone once training ends."""
+    import signal
+    import time
+
+    from mnist_cnn.artifacts import read_training_history
+
+    stop = {"enabled": True, "monitor": "val_loss", "patience": 10}
+    params = deep_merge(
+        deep_merge(committed_params(), TINY_OVERRIDE),
+        {
+            "train": {"early_stopping": stop, "backup_and_restore": True},
+            "datasets": {"mnist": {"train": {"epochs": 4}}},
+        },
+    )
+    (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    summary = workspace / "dvclive/mnist/metrics.json"
+    summary.unlink(missing_ok=True)
+    log = tmp_path / "killed.log"
+    with log.open("w") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "stages.train", "mnist"],
+            cwd=workspace,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        # Freeze it as soon as DVCLive has logged epoch 2 (its backup is written before:
+        # the params' callbacks run first), then kill it: it cannot reach epoch 3's backup.
+        while process.poll() is None:
+            try:
+                if json.loads(summary.read_text()).get("step", 0) >= 2:
+                    break
+            except (OSError, ValueError):  # not written yet, or being rewritten
+                pass
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        assert process.poll() is None, f"training ended before the kill:\n{log.read_text()}"
+        process.send_signal(signal.SIGSTOP)
+    finally:
+        process.kill()
+        process.wait(timeout=60)
+    backups = list((workspace / "checkpoints/mnist").iterdir())
+    assert len(backups) == 1, backups
+
+    output = run_stage(workspace, "stages.train", "mnist")
+    assert "Epoch 3/4" in output and "Epoch 1/4" not in output, output[-3000:]
+    history = read_training_history(workspace / "dvclive/mnist/plots/metrics")
+    assert history["epoch"].tolist() == [3, 4]
+    result = json.loads(summary.read_text())
+    best = int(history["val_loss"].idxmin())
+    assert result["selected_epoch"] == history["epoch"][best]
+    assert result["eval"]["accuracy"] == history["val_accuracy"][best]
+    assert not any((workspace / "checkpoints/mnist").iterdir())
