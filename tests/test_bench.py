@@ -9,19 +9,18 @@ import tensorflow as tf
 
 from mnist_cnn.bench import (
     KERAS_IO_PRESET,
-    PREVIOUS_DEFAULT,
     STAGE_SPEED,
-    TimeToTargets,
+    accuracy_over_time,
     forward_flops,
     images_per_second,
+    plot_accuracy_against_time,
     preset_params_file,
-    time_to_accuracy,
-    validate_overlay,
+    seconds_to_reach,
 )
 from mnist_cnn.input_pipeline import training_dataset
 from mnist_cnn.model import build_model, compile_model
 from mnist_cnn.params import ModelParams, Params, TrainParams
-from mnist_cnn.peer import BATCH_SIZE, keras_io_convnet, published_inputs
+from mnist_cnn.peer import BATCH_SIZE, EpochClock, keras_io_convnet, published_inputs
 from tests.conftest import PROJECT_ROOT, committed_params, restored_tf_global_state
 
 
@@ -132,59 +131,55 @@ def test_stage_preset_params_are_valid_and_train_the_keras_io_convnet():
     assert list(params.datasets) == ["fashion_mnist"]
 
 
-def test_previous_default_is_a_valid_recipe_that_differs_from_today():
-    raw = committed_params()
-    previous = validate_overlay(raw, PREVIOUS_DEFAULT)
-    current = Params.model_validate(raw)
-    for key in ("mnist", "fashion_mnist"):
-        assert previous.train_for(key).model_dump() != current.train_for(key).model_dump(), key
-    # Its augmentation: ±2 px shifts, and flips for clothes; nothing else.
-    on = {
-        key: {k: v for k, v in previous.train_for(key).augment if v}
-        for key in ("mnist", "fashion_mnist")
-    }
-    assert on == {
-        "mnist": {"shift_pixels": 2},
-        "fashion_mnist": {"shift_pixels": 2, "horizontal_flip": True},
-    }
+def test_epoch_clock_records_each_epochs_end_and_validation_accuracy():
+    clock = EpochClock()
+    clock.on_train_begin()
+    for epoch, accuracy in enumerate([0.5, 0.75]):
+        clock.on_epoch_end(epoch, {"val_accuracy": accuracy, "accuracy": 0.1})
+    assert clock.val_accuracy == [0.5, 0.75]
+    assert len(clock.seconds) == 2 and 0 <= clock.seconds[0] <= clock.seconds[1]
 
 
-def test_time_to_targets_records_first_crossings_and_stops_when_all_reached():
-    timer = TimeToTargets((0.9, 0.95))
-    timer.set_model(keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)]))
-    timer.model.stop_training = False
-    for epoch, accuracy in enumerate([0.85, 0.91, 0.93, 0.96, 0.97]):
-        timer.on_epoch_begin(epoch)
-        timer.on_epoch_end(epoch, {"val_accuracy": accuracy})
-        if timer.model.stop_training:
-            break
-    assert {target: epoch for target, (_, epoch) in timer.reached.items()} == {0.9: 2, 0.95: 4}
-    assert timer.epochs_run == 4 and timer.model.stop_training
-    assert "90.0% in" in timer.describe() and "(epoch 4)" in timer.describe()
-    unreached = TimeToTargets((0.99,))
-    unreached.on_epoch_begin(0)
-    unreached.on_epoch_end(0, {"val_accuracy": 0.5})
-    assert "99.0% not reached" in unreached.describe()
+def test_seconds_to_reach_is_the_end_of_the_first_epoch_at_or_above():
+    curve = {"epoch_seconds": [10.0, 20.0, 30.0], "val_accuracy": [0.97, 0.99, 0.985]}
+    assert seconds_to_reach(curve, 0.985) == 20.0
+    assert seconds_to_reach(curve, 0.97) == 10.0
+    assert seconds_to_reach(curve, 0.991) is None
 
 
-def test_time_to_accuracy_trains_through_the_stage_fit_and_stops_at_the_targets(
-    tf_global_state,
-):
-    """Separable toy data: the targets are met, and training stops there, not at `epochs`."""
+def test_accuracy_over_time_trains_through_the_stage_fit_every_epoch(tf_global_state):
+    """Separable toy data: one clocked point per epoch, and the model learns."""
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 10, 640)
     images = np.zeros((640, 28, 28, 1), np.float32)
     images[np.arange(640), 2 * labels + 4, 14, 0] = 1.0  # class = row of one bright pixel
     y = np.eye(10, dtype=np.float32)[labels]
-    train = preset_train().model_copy(update={"epochs": 30, "batch_size": 32})
+    train = preset_train().model_copy(update={"epochs": 4, "batch_size": 32})
     data = {"train": (images[:512], y[:512]), "val": (images[512:], y[512:])}
-    timer = time_to_accuracy(train, 0, data, (0.5, 0.9))
-    assert set(timer.reached) == {0.5, 0.9}
-    assert timer.epochs_run == max(epoch for _, epoch in timer.reached.values()) < 30
+    clock = accuracy_over_time(train, 0, data)
+    assert len(clock.seconds) == len(clock.val_accuracy) == 4
+    assert clock.seconds == sorted(clock.seconds) and clock.seconds[0] > 0
+    assert clock.val_accuracy[-1] > 0.5
+
+
+def test_accuracy_figure_draws_both_curves(tmp_path):
+    from PIL import Image
+
+    curves = {
+        "peer": {"epoch_seconds": [5.0, 10.0], "val_accuracy": [0.97, 0.985]},
+        "ours": {"epoch_seconds": [8.0, 16.0, 24.0], "val_accuracy": [0.98, 0.99, 0.995]},
+    }
+    path = tmp_path / "curves.png"
+    plot_accuracy_against_time(curves, path, "MNIST")
+    pixels = np.asarray(Image.open(path).convert("RGB")).astype(int)
+    # Two coloured lines (matplotlib's first two colours: blue, orange) are drawn.
+    blue = ((pixels[..., 2] - pixels[..., 0]) > 100).sum()
+    orange = ((pixels[..., 0] - pixels[..., 2]) > 100).sum()
+    assert blue > 200 and orange > 200, (blue, orange)
 
 
 def test_tf_global_state_is_put_back_after_a_test_that_trains():
-    """What time_to_accuracy (through make_deterministic) sets, undone by the fixture."""
+    """What accuracy_over_time (through make_deterministic) sets, undone by the fixture."""
     import random
 
     from tensorflow.python.framework import config as tf_config
