@@ -92,6 +92,18 @@ def sha256(payload: bytes) -> str:
     return hashlib.sha256(payload).hexdigest()
 
 
+def drawn_png(path: Path, min_share: float = 0.02) -> np.ndarray:
+    """The pixels of a PNG that holds a drawing: it decodes, and at least `min_share` of
+    its pixels are not near-white (a figure whose data failed to draw is axes on white:
+    about 1 % for two empty panels with titles)."""
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(path).convert("RGB")).astype(int)
+    share = float(np.mean(pixels.min(axis=2) < 200))
+    assert share >= min_share, f"{path}: only {share:.2%} of the pixels are drawn"
+    return pixels
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)

