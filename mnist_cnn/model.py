@@ -91,19 +91,24 @@ def compile_model(
     steps_per_epoch: int,
     learning_rate: float | None = None,
 ) -> keras.Model:
-    """Adam or AdamW (decoupled weight decay), label-smoothed cross-entropy, accuracy.
+    """Adam or AdamW (decoupled weight decay, optionally with a moving average of the
+    weights), label-smoothed cross-entropy, accuracy.
 
     `learning_rate` overrides the params' rate (the distributed run scales it).
     """
     rate = learning_rate_schedule(
         train_params, learning_rate or train_params.learning_rate, steps_per_epoch
     )
+    # Weight averaging: the optimizer keeps the moving average beside the weights;
+    # training.build_callbacks swaps it in for validation and for the saved model.
+    averaging = train_params.weight_averaging
+    ema = {"use_ema": averaging.enabled, "ema_momentum": averaging.momentum}
     if train_params.optimizer == "adamw":
         optimizer = keras.optimizers.AdamW(
-            learning_rate=rate, weight_decay=train_params.weight_decay
+            learning_rate=rate, weight_decay=train_params.weight_decay, **ema
         )
     else:
-        optimizer = keras.optimizers.Adam(learning_rate=rate)
+        optimizer = keras.optimizers.Adam(learning_rate=rate, **ema)
     model.compile(
         optimizer=optimizer,
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=train_params.label_smoothing),

@@ -199,6 +199,19 @@ class ThreadParams(Section):
     )
 
 
+class WeightAveragingParams(Section):
+    enabled: bool = Field(
+        description="validate and keep an exponential moving average of the weights"
+    )
+    momentum: float = Field(
+        gt=0, lt=1, description="the average's decay per step (its memory ≈ 1/(1 − momentum) steps)"
+    )
+    batch_norm_batches: PositiveInt = Field(
+        description="training batches that re-estimate the batch-norm statistics for the "
+        "averaged weights before each validation"
+    )
+
+
 class DistributionParams(Section):
     strategy: Literal["none", "mirrored", "multi_worker"] = Field(
         description="tf.distribute strategy (docs/scaling-out.md)"
@@ -233,6 +246,7 @@ class TrainParams(Section):
     model: ModelParams
     early_stopping: EarlyStoppingParams
     reduce_lr: ReduceLrParams
+    weight_averaging: WeightAveragingParams
     distribution: DistributionParams
 
     @model_validator(mode="after")
@@ -242,6 +256,12 @@ class TrainParams(Section):
                 f"reduce_lr.enabled = true needs lr_schedule.name = constant (got "
                 f"{self.lr_schedule.name!r}): ReduceLROnPlateau cannot change the rate of a "
                 "schedule. Turn one of them off."
+            )
+        if self.weight_averaging.enabled and self.distribution.strategy != "none":
+            raise ValueError(
+                "weight_averaging.enabled = true runs on one replica only (distribution."
+                f"strategy = none, got {self.distribution.strategy!r}): its batch-norm "
+                "re-estimation is not written for tf.distribute"
             )
         if self.lr_schedule.warmup_epochs >= self.epochs:
             raise ValueError(

@@ -71,13 +71,72 @@ class LearningRateLogger(keras.callbacks.Callback):
             logs["learning_rate"] = self._rate
 
 
-def build_callbacks(train: TrainParams, backup_dir: Path) -> list[keras.callbacks.Callback]:
-    """The seed's callbacks, each switchable and tuned from params."""
+class BatchNormReestimation(keras.callbacks.Callback):
+    """Before each validation, set batch-norm's moving statistics to their mean over
+    `batches` batches of training images run through the model in training mode, so they
+    describe the weights being validated: the averaged ones, swapped in by SwapEMAWeights
+    just before. Weights do not change (no gradient step).
+
+    Keras averages trainable weights only (SwapEMAWeights leaves the statistics, which
+    training keeps for the raw weights), hence this callback. An exact mean, not a moving
+    average: batch k is weighted in with factor 1/(k+1) (each layer's `momentum` for the
+    call), so the result does not depend on the statistics before. Dropout is off for
+    these calls, as it is when the model is used: the statistics are those of inference,
+    the same on every pass, and no random draw of training is used up. The images are the
+    first of the training split, unaugmented (as validation and test images are).
+    """
+
+    def __init__(self, images: np.ndarray, batch_size: int, batches: int):
+        super().__init__()
+        self.batches = [
+            tf.constant(images[start : start + batch_size])
+            for start in range(0, min(len(images), batches * batch_size), batch_size)
+        ]
+
+    def on_test_begin(self, logs=None):
+        norms = [
+            layer
+            for layer in self.model.layers
+            if isinstance(layer, keras.layers.BatchNormalization)
+        ]
+        dropouts = [layer for layer in self.model.layers if isinstance(layer, keras.layers.Dropout)]
+        momenta, rates = [layer.momentum for layer in norms], [layer.rate for layer in dropouts]
+        try:
+            for layer in dropouts:
+                layer.rate = 0.0
+            for index, batch in enumerate(self.batches):
+                for layer in norms:
+                    layer.momentum = index / (index + 1)  # new = old + (batch - old) / (k+1)
+                self.model(batch, training=True)
+        finally:
+            for layer, momentum in zip(norms, momenta, strict=True):
+                layer.momentum = momentum
+            for layer, rate in zip(dropouts, rates, strict=True):
+                layer.rate = rate
+
+
+def build_callbacks(
+    train: TrainParams, backup_dir: Path, train_images: np.ndarray | None = None
+) -> list[keras.callbacks.Callback]:
+    """The seed's callbacks, each switchable and tuned from params (`train_images`: for
+    weight averaging's batch-norm re-estimation)."""
     callbacks: list[keras.callbacks.Callback] = []
     if train.backup_and_restore:
         # Saves the training state every epoch and resumes from it after a crash; the
-        # backup is deleted once training finishes.
+        # backup is deleted once training finishes. First: it saves the raw weights,
+        # before weight averaging swaps the average in.
         callbacks.append(keras.callbacks.BackupAndRestore(str(backup_dir)))
+    averaging = train.weight_averaging
+    if averaging.enabled:
+        if train_images is None:
+            raise ValueError("weight averaging needs training images for batch-norm statistics")
+        # Validation, EarlyStopping's choice and the saved model see the average: it is
+        # in the model from each validation to the next epoch's start (swap_on_epoch),
+        # so these two come before EarlyStopping.
+        callbacks.append(keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
+        callbacks.append(
+            BatchNormReestimation(train_images, train.batch_size, averaging.batch_norm_batches)
+        )
     reduce = train.reduce_lr
     if reduce.enabled:
         callbacks.append(
@@ -129,7 +188,7 @@ def fit(
         validation_data=evaluation_dataset(x_val, y_val, batch_size),
         epochs=train.epochs,
         shuffle=False,  # the dataset shuffles itself, reproducibly
-        callbacks=[*build_callbacks(train, backup_dir), *extra_callbacks],
+        callbacks=[*build_callbacks(train, backup_dir, x_train), *extra_callbacks],
         verbose=verbose,
     )
 

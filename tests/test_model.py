@@ -164,3 +164,62 @@ def test_backups_are_keyed_to_seed_params_and_data(tmp_path, train_params, capsy
     assert sorted(p.name for p in root.iterdir()) == [first]
     assert (root / first / "chkpt").read_text() == "state"  # this run's backup is kept
     assert "discarding" in capsys.readouterr().out
+
+
+def test_weight_averaging_validates_and_keeps_the_average_with_its_statistics(
+    train_params, tf_global_state, tmp_path
+):
+    """With weight averaging, what fit() logs for the kept epoch is what the final model
+    scores, the final weights are the optimizer's average (not the last step's), and the
+    batch-norm statistics are the ones the average produces on the re-estimation images."""
+    from mnist_cnn.training import BatchNormReestimation, fit, make_deterministic
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 10, 704)
+    images = rng.normal(0.2, 0.1, (704, 28, 28, 1)).astype(np.float32)
+    images[np.arange(704), 2 * labels + 4, 14, 0] += 1.0  # class = row of one bright pixel
+    y = np.eye(10, dtype=np.float32)[labels]
+    train = TrainParams.model_validate(
+        {
+            **train_params.model_dump(),
+            "epochs": 3,
+            "batch_size": 32,
+            "augment": {**train_params.augment.model_dump(), "shift_pixels": 0},
+            "model": {
+                **train_params.model.model_dump(),
+                "conv_filters": [8],
+                "convs_per_block": [1],
+                "dense_units": [16],
+            },
+            "early_stopping": {"enabled": True, "monitor": "val_loss", "patience": 5},
+            "weight_averaging": {"enabled": True, "momentum": 0.99, "batch_norm_batches": 4},
+        }
+    )
+    make_deterministic(0)
+    model = compile_model(build_model(train.model, (28, 28, 1), 10), train, 18)
+    split = {"train": (images[:576], y[:576]), "val": (images[576:], y[576:])}
+    history = fit(model, train, 0, split["train"], split["val"], 32, tmp_path).history
+
+    kept = int(np.argmin(history["val_loss"]))
+    loss, accuracy = model.evaluate(*split["val"], batch_size=32, verbose=0)
+    assert accuracy == pytest.approx(history["val_accuracy"][kept], abs=1e-6)
+    assert loss == pytest.approx(history["val_loss"][kept], rel=1e-5)
+
+    # The statistics describe these weights on the re-estimation images: the first
+    # batch-norm's mean is the mean of its conv's output over the 4 x 32 images, and
+    # re-estimating every layer again changes nothing.
+    conv = keras.Model(model.input, model.get_layer("block1_conv1").output)
+    channel_means = conv.predict(images[:128], verbose=0).mean(axis=(0, 1, 2))
+    np.testing.assert_allclose(
+        np.array(model.get_layer("block1_bn1").moving_mean), channel_means, atol=1e-5
+    )
+    norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    before = [np.array(layer.moving_mean) for layer in norms]
+    again = BatchNormReestimation(images[:576], 32, 4)
+    again.set_model(model)
+    again.on_test_begin()
+    for layer, mean in zip(norms, before, strict=True):
+        np.testing.assert_allclose(np.array(layer.moving_mean), mean, rtol=1e-5, atol=1e-6)
+    assert [layer.momentum for layer in norms] == [train.model.batch_norm_momentum] * len(norms)
+    dropouts = [layer.rate for layer in model.layers if isinstance(layer, keras.layers.Dropout)]
+    assert dropouts == [train.model.conv_dropout, train.model.dense_dropout]
