@@ -67,7 +67,7 @@ seed-study: setup     ## queue the committed params once per seed in SEEDS (name
 	dvc queue start -j 2
 
 restore: setup        ## after a failed run: params and results back as committed (edits go to git stash)
-	python -m mnist_cnn.restore
+	python -m mnist_cnn.tools.restore
 
 # One universal lock (environment markers) for Python 3.11-3.13 on every platform, with
 # the hashes of every file; the existing pins are kept unless pyproject.toml needs others.

@@ -1,6 +1,7 @@
 """Library behind the DVC pipeline: CNNs on MNIST and Fashion-MNIST with Keras/TensorFlow.
 
-The four stage modules in `stages/` wire params to the functions here. Modules:
+The four stage modules in `stages/` wire params to the functions here, the pipeline's
+modules:
   params          params.yaml as one typed schema; `python -m mnist_cnn.params` checks it
   datasets        facts about each dataset: files, checksums, offline copies, class names
   sources         fetch and verify the raw files (directory, offline package, mirrors)
@@ -13,9 +14,8 @@ The four stage modules in `stages/` wire params to the functions here. Modules:
   training        determinism, callbacks, the per-epoch history table
   evaluation      test metrics and loading trained models
   figures         matplotlib PNGs
-  predict, bench, compare, check_results
-                  the package's commands (`mnist-cnn-predict`, `-bench`, `-compare`,
-                  `-check-results`)
+The tools around the pipeline (predict, compare, bench, ...; no stage imports them) are in
+the subpackage `mnist_cnn.tools`.
 """
 
 import os

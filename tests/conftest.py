@@ -48,7 +48,7 @@ def committed_text(path: str) -> str:
     `make repro` elsewhere) rewrites files in the workspace, and the suite must pass after
     it. (So an uncommitted edit of params.yaml is seen by the tests once committed.)
     """
-    from mnist_cnn.check_results import committed_text as text_at_head
+    from mnist_cnn.tools.check_results import committed_text as text_at_head
 
     committed = text_at_head(Path(path), PROJECT_ROOT)
     return committed if committed is not None else (PROJECT_ROOT / path).read_text()

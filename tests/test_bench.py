@@ -7,7 +7,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mnist_cnn.bench import (
+from mnist_cnn.input_pipeline import training_dataset
+from mnist_cnn.model import build_model, compile_model
+from mnist_cnn.params import ModelParams, Params, TrainParams
+from mnist_cnn.tools.bench import (
     KERAS_IO_PRESET,
     STAGE_SPEED,
     accuracy_over_time,
@@ -17,10 +20,7 @@ from mnist_cnn.bench import (
     preset_params_file,
     seconds_to_reach,
 )
-from mnist_cnn.input_pipeline import training_dataset
-from mnist_cnn.model import build_model, compile_model
-from mnist_cnn.params import ModelParams, Params, TrainParams
-from mnist_cnn.peer import BATCH_SIZE, EpochClock, keras_io_convnet, published_inputs
+from mnist_cnn.tools.peer import BATCH_SIZE, EpochClock, keras_io_convnet, published_inputs
 from tests.conftest import PROJECT_ROOT, committed_params, restored_tf_global_state
 
 

@@ -13,7 +13,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from mnist_cnn.check_results import (
+from mnist_cnn.datasets import DATASETS
+from mnist_cnn.tools.check_results import (
     SEED_STUDY,
     check,
     committed_text,
@@ -21,8 +22,7 @@ from mnist_cnn.check_results import (
     prediction_band,
     study_bands,
 )
-from mnist_cnn.compare import COMMITTED_PARAMS
-from mnist_cnn.datasets import DATASETS
+from mnist_cnn.tools.compare import COMMITTED_PARAMS
 from tests.conftest import PROJECT_ROOT
 
 MNIST_SEEDS = [0.9961, 0.9967, 0.9964, 0.9958, 0.9965]
@@ -118,7 +118,7 @@ def repo(tmp_path) -> Path:
 
 def check_command(root: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "mnist_cnn.check_results"],
+        [sys.executable, "-m", "mnist_cnn.tools.check_results"],
         cwd=root,
         capture_output=True,
         text=True,

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from mnist_cnn.compare import (
+from mnist_cnn.tools.compare import (
     COMMITTED_PARAMS,
     comparison_table,
     merge_seed_runs,
@@ -234,7 +234,7 @@ def test_command_in_a_repository_without_runs_says_what_to_do(tmp_path):
         subprocess.run(command, cwd=tmp_path, env=env, check=True, timeout=120)
     (tmp_path / "params.yaml").write_text("seed: 1\n")
     result = subprocess.run(
-        [sys.executable, "-m", "mnist_cnn.compare"],
+        [sys.executable, "-m", "mnist_cnn.tools.compare"],
         cwd=tmp_path,
         env={**env, "PYTHONPATH": str(PROJECT_ROOT)},
         capture_output=True,

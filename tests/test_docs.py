@@ -15,10 +15,10 @@ from tests.conftest import PROJECT_ROOT, committed_params, with_value
 
 PAGES = [PROJECT_ROOT / "README.md", *sorted((PROJECT_ROOT / "docs").glob("*.md"))]
 COMMANDS = {
-    "mnist-cnn-predict": "mnist_cnn.predict",
-    "mnist-cnn-compare": "mnist_cnn.compare",
-    "mnist-cnn-check-results": "mnist_cnn.check_results",
-    "mnist-cnn-bench": "mnist_cnn.bench",
+    "mnist-cnn-predict": "mnist_cnn.tools.predict",
+    "mnist-cnn-compare": "mnist_cnn.tools.compare",
+    "mnist-cnn-check-results": "mnist_cnn.tools.check_results",
+    "mnist-cnn-bench": "mnist_cnn.tools.bench",
 }
 
 

@@ -158,8 +158,26 @@ def test_stages_folder_holds_the_four_stages_and_none_imports_another():
 
 
 def test_library_never_imports_a_stage():
-    for path in (PROJECT_ROOT / "mnist_cnn").glob("*.py"):
+    for path in (PROJECT_ROOT / "mnist_cnn").rglob("*.py"):
         assert not [name for name in imported_modules(path) if name.startswith("stages")], path
+
+
+TOOLS = "mnist_cnn/tools/"
+
+
+def test_pipeline_modules_never_import_a_tool():
+    """mnist_cnn/ is the pipeline (what the stages import), mnist_cnn/tools/ what is
+    built around it: no stage reaches a tool, and every pipeline module is reached by a
+    stage, so the folder shows which modules the pipeline is."""
+    reached = set()
+    for stage, definition in dvc_stages().items():
+        closure = import_closure(command_module(definition["cmd"]))
+        assert not [path for path in closure if path.startswith(TOOLS)], stage
+        reached |= closure
+    for path in (PROJECT_ROOT / "mnist_cnn").glob("*.py"):
+        imports = imported_modules(path)
+        assert not [name for name in imports if name.startswith("mnist_cnn.tools")], path
+        assert path.relative_to(PROJECT_ROOT).as_posix() in reached, f"{path}: no stage uses it"
 
 
 def test_closure_follows_every_kind_of_import(tmp_path):

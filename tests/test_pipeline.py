@@ -275,7 +275,7 @@ def test_dvc_remote_round_trip(project, first_run, tmp_path):
 
 def predict(project: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "mnist_cnn.predict", *args],
+        [sys.executable, "-m", "mnist_cnn.tools.predict", *args],
         cwd=project,
         env=command_env(),
         capture_output=True,
@@ -340,7 +340,7 @@ def test_predict_matches_evaluate_and_reports_bad_files(project, first_run, tmp_
 
 def test_predict_handles_a_photo_of_a_digit_on_paper(project, first_run, tmp_path):
     """Digits 'photographed' dark-on-light, larger, off-centre, noisy, saved as JPEG."""
-    from mnist_cnn.predict import prepare_image
+    from mnist_cnn.tools.predict import prepare_image
 
     paths = save_test_pngs(project, "mnist", 40, tmp_path)
     rng = np.random.default_rng(0)
@@ -689,7 +689,7 @@ def test_restore_discard_drops_a_finished_run_without_saving_it(
     dvc(project, "exp", "apply", rate_experiment["name"])
     saved_before = dvc(project, "exp", "list", "--name-only").split()
     stashed = run(["git", "stash", "list"], project)
-    output = run([sys.executable, "-m", "mnist_cnn.restore", "--discard"], project)
+    output = run([sys.executable, "-m", "mnist_cnn.tools.restore", "--discard"], project)
     assert "saved it as experiment" not in output and "stash" not in output
     assert dvc(project, "exp", "list", "--name-only").split() == saved_before
     assert git_status(project) == ""
@@ -1017,7 +1017,9 @@ def test_model_registry_artifact_get_then_predict(project, first_run, tmp_path):
 def test_compare_command_reads_real_experiments(project, rate_experiment, tmp_path):
     """mnist-cnn-compare against DVC itself: the experiment's changed param and results."""
     png = tmp_path / "compare.png"
-    output = run([sys.executable, "-m", "mnist_cnn.compare", "--csv", "--png", str(png)], project)
+    output = run(
+        [sys.executable, "-m", "mnist_cnn.tools.compare", "--csv", "--png", str(png)], project
+    )
     csv = "\n".join(line for line in output.splitlines() if not line.startswith("compare:"))
     table = pd.read_csv(io.StringIO(csv))
     row = table[table["experiment"].str.startswith(rate_experiment["name"])].iloc[0]

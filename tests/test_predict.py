@@ -13,7 +13,8 @@ from PIL import Image
 
 from mnist_cnn.datasets import DATASETS
 from mnist_cnn.params import deep_merge, validate_params
-from mnist_cnn.predict import (
+from mnist_cnn.preprocessing import normalize_images
+from mnist_cnn.tools.predict import (
     ImageError,
     load_grayscale,
     main,
@@ -21,7 +22,6 @@ from mnist_cnn.predict import (
     prepare_image,
     to_dataset_format,
 )
-from mnist_cnn.preprocessing import normalize_images
 from tests.conftest import committed_text
 
 

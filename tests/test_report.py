@@ -8,9 +8,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from mnist_cnn.check_results import SEED_STUDY, committed_text
-from mnist_cnn.compare import COMMITTED_PARAMS
-from mnist_cnn.report import END, PAGES, groups_table, marker, render
+from mnist_cnn.tools.check_results import SEED_STUDY, committed_text
+from mnist_cnn.tools.compare import COMMITTED_PARAMS
+from mnist_cnn.tools.report import END, PAGES, groups_table, marker, render
 from tests.conftest import PROJECT_ROOT
 
 
@@ -66,7 +66,7 @@ def test_missing_block_is_an_error():
 @pytest.mark.parametrize("page", sorted(PAGES))
 def test_committed_pages_show_the_committed_results(page):
     """README.md and docs/results.md as committed equal their tables generated from the
-    committed metrics/ (regenerate with `python -m mnist_cnn.report`)."""
+    committed metrics/ (regenerate with `python -m mnist_cnn.tools.report`)."""
 
     def read(path: Path) -> str:
         text = committed_text(Path(path), PROJECT_ROOT)
@@ -80,7 +80,7 @@ def test_committed_pages_show_the_committed_results(page):
 def test_check_names_a_stale_page_and_changes_nothing(tmp_path, monkeypatch, capsys):
     """`--check` exits 1 and names the pages whose tables differ from metrics/; without it
     the pages are rewritten, after which `--check` passes."""
-    from mnist_cnn.report import main
+    from mnist_cnn.tools.report import main
 
     monkeypatch.chdir(tmp_path)
     for path, text in fake_files().items():

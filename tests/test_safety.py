@@ -10,7 +10,7 @@ import pytest
 
 from mnist_cnn.artifacts import load_split
 from mnist_cnn.evaluation import load_trained_model
-from mnist_cnn.predict import main
+from mnist_cnn.tools.predict import main
 from tests.conftest import PROJECT_ROOT
 
 

@@ -1,7 +1,7 @@
 """Put params.yaml and every result back as HEAD has them, after a failed run (`make restore`).
 
-    python -m mnist_cnn.restore            # what `make restore` runs
-    python -m mnist_cnn.restore --discard  # also drop a finished run without saving it
+    python -m mnist_cnn.tools.restore            # what `make restore` runs
+    python -m mnist_cnn.tools.restore --discard  # also drop a finished run without saving it
 
 It never destroys work that exists nowhere else:
   - An output in the workspace that differs from what dvc.lock records (a model written

@@ -1,10 +1,10 @@
 """The results tables of README.md and docs/results.md, generated from the committed files.
 
-    python -m mnist_cnn.report           # rewrite the generated blocks from metrics/
-    python -m mnist_cnn.report --check   # exit 1 if a page differs from what it would write
-    python -m mnist_cnn.report seeds     # print one table (results, seeds, groups)
+    python -m mnist_cnn.tools.report           # rewrite the generated blocks from metrics/
+    python -m mnist_cnn.tools.report --check   # exit 1 if a page differs from what it would write
+    python -m mnist_cnn.tools.report seeds     # print one table (results, seeds, groups)
 
-Each table sits between `<!-- generated: python -m mnist_cnn.report NAME -->` and
+Each table sits between `<!-- generated: python -m mnist_cnn.tools.report NAME -->` and
 `<!-- end generated -->`; everything else on the pages is hand-written. The numbers come
 from metrics/<ds>.json, dvclive/<ds>/metrics.json and metrics/seed_study.csv, so a table
 cannot drift from the run it describes (tests/test_report.py compares the pages with the
@@ -23,9 +23,9 @@ from pathlib import Path
 import pandas as pd
 
 from mnist_cnn.artifacts import DatasetPaths
-from mnist_cnn.check_results import SEED_STUDY, prediction_band
-from mnist_cnn.compare import COMMITTED_PARAMS, seed_groups, short_label, spread_text
 from mnist_cnn.datasets import DATASETS
+from mnist_cnn.tools.check_results import SEED_STUDY, prediction_band
+from mnist_cnn.tools.compare import COMMITTED_PARAMS, seed_groups, short_label, spread_text
 
 PAGES = {"README.md": ["results"], "docs/results.md": ["results", "seeds", "groups"]}
 Reader = Callable[[Path], str]
@@ -117,7 +117,7 @@ TABLES = {"results": results_table, "seeds": seeds_table, "groups": groups_table
 
 
 def marker(name: str) -> str:
-    return f"<!-- generated: python -m mnist_cnn.report {name} -->\n"
+    return f"<!-- generated: python -m mnist_cnn.tools.report {name} -->\n"
 
 
 END = "<!-- end generated -->"

@@ -1,12 +1,12 @@
 """Benchmark: the keras.io convnet as its users run it, our pipeline, time to accuracy.
 
 Not a pipeline stage (timings are not reproducible outputs); run it after
-`dvc repro preprocess` with `make bench`, `mnist-cnn-bench` or `python -m mnist_cnn.bench`.
+`dvc repro preprocess` with `make bench`, `mnist-cnn-bench` or `python -m mnist_cnn.tools.bench`.
 It measures:
 
 1. the matmul ceiling of this machine (4096² float32 and bfloat16 GFLOP/s);
 2. the peer, each contender in a process of its own, in turns: (a) the keras.io
-   "Simple MNIST convnet" as published (mnist_cnn/peer.py: NumPy arrays into `fit()`,
+   "Simple MNIST convnet" as published (mnist_cnn/tools/peer.py: NumPy arrays into `fit()`,
    float32, no determinism) against (b) our real train stage (`python -m stages.train`)
    building the same architecture and recipe from a params preset, in our default
    precision with our input pipeline and op determinism; both timed the same way, as
@@ -55,11 +55,11 @@ from mnist_cnn.params import (
     deep_merge,
     load_params,
 )
-from mnist_cnn.peer import (
+from mnist_cnn.runtime import environment, resolve_precision
+from mnist_cnn.tools.peer import (
     BATCH_SIZE,  # the keras.io script's; sections 2-3 train at it
     EpochClock,
 )
-from mnist_cnn.runtime import environment, resolve_precision
 from mnist_cnn.training import fit, make_deterministic
 
 WARMUP_STEPS = 10  # untimed batches before each model's timing
@@ -143,12 +143,12 @@ STAGE_SPEED = re.compile(r"epochs in [\d.]+ s \((\d+) images/s\)")
 
 
 def run_peer(dataset: str, epochs: int) -> dict:
-    """The keras.io script (mnist_cnn/peer.py) in a fresh process: its JSON line (wall
+    """The keras.io script (mnist_cnn/tools/peer.py) in a fresh process: its JSON line (wall
     seconds, images/s, validation accuracy and clock at each epoch's end)."""
     command = [
         sys.executable,
         "-m",
-        "mnist_cnn.peer",
+        "mnist_cnn.tools.peer",
         "--dataset",
         dataset,
         "--epochs",

@@ -1,7 +1,7 @@
 """Predict the class of your own images with a trained model (not a pipeline stage).
 
     mnist-cnn-predict --dataset fashion_mnist shoe.jpg shirt.png [--json] [--top 3]
-    python -m mnist_cnn.predict ...   (the same)
+    python -m mnist_cnn.tools.predict ...   (the same)
 
 Real photos are not 28 x 28 light-on-dark images, so each one is turned into one:
   1. Pillow opens it — only the formats photos and scans come in (OPEN_FORMATS: PNG,

@@ -7,11 +7,11 @@ departure is where the images come from: the published script downloads them wit
 `keras.datasets.mnist.load_data()`, which cannot reach its host here, so this reads
 the same 60 000 training images from the pipeline's downloaded files (data/raw/).
 
-`python -m mnist_cnn.peer --epochs 2` prints one JSON line: the wall time of `fit()`
+`python -m mnist_cnn.tools.peer --epochs 2` prints one JSON line: the wall time of `fit()`
 (tracing and validation included, as a user timing the script sees it), the images per
 second that makes, and each epoch's validation accuracy with the wall time at its end
 (a clock read once per epoch: nothing the script does changes). The benchmark
-(mnist_cnn/bench.py) starts it in a process of its own, like a user would.
+(mnist_cnn/tools/bench.py) starts it in a process of its own, like a user would.
 """
 
 from __future__ import annotations

@@ -32,8 +32,8 @@ import pandas as pd
 import yaml
 
 from mnist_cnn.artifacts import DatasetPaths, environment_from_entries
-from mnist_cnn.compare import COMMITTED_PARAMS
 from mnist_cnn.datasets import DATASETS
+from mnist_cnn.tools.compare import COMMITTED_PARAMS
 
 SEED_STUDY = Path("metrics/seed_study.csv")
 # Accuracy as each file names it: the test split's and the validation split's (the latter
