@@ -1,4 +1,4 @@
-"""The CNN family from the seed write-up, built entirely from params.
+"""The CNN family of the starting write-up (docs/design-notes.md), built from params.
 
 Block i is `convs_per_block[i]` × (conv → [batch-norm] → ReLU), then 2×2 max-pool
 and dropout; the head is dense layers with dropout and a softmax over the classes

@@ -183,7 +183,7 @@ class EarlyStoppingParams(Section):
 
 
 class ReduceLrParams(Section):
-    enabled: bool = Field(description="the seed's ReduceLROnPlateau (needs a constant rate)")
+    enabled: bool = Field(description="the write-up's ReduceLROnPlateau (needs a constant rate)")
     monitor: Monitor = Field(description="validation metric that decides")
     factor: float = Field(gt=0, lt=1, description="multiply the rate by this when it stalls")
     patience: int = Field(ge=0, description="epochs without improvement before a cut")

@@ -118,7 +118,7 @@ class BatchNormReestimation(keras.callbacks.Callback):
 def build_callbacks(
     train: TrainParams, backup_dir: Path, train_images: np.ndarray | None = None
 ) -> list[keras.callbacks.Callback]:
-    """The seed's callbacks, each switchable and tuned from params (`train_images`: for
+    """The write-up's callbacks, each switchable and tuned from params (`train_images`: for
     weight averaging's batch-norm re-estimation)."""
     callbacks: list[keras.callbacks.Callback] = []
     if train.backup_and_restore:

@@ -92,7 +92,7 @@ def test_compile_adamw_with_warmup_then_cosine_and_label_smoothing(train_params,
 
 
 def test_compile_plain_adam_with_constant_rate(train_params, model_params):
-    """The seed's setup: Adam at a fixed rate (ReduceLROnPlateau may then change it)."""
+    """The write-up's setup: Adam at a fixed rate (ReduceLROnPlateau may then change it)."""
     params = changed(
         train_params,
         optimizer="adam",
