@@ -156,10 +156,9 @@ def _with_options(dataset: tf.data.Dataset) -> tf.data.Dataset:
     switch tf.data's runtime autotuner off.
 
     The autotuner's background thread made Keras wait for it when an epoch's iterator
-    was torn down: on our 2-core machine whole epochs stalled for 10-20 s with every
-    thread idle (measured: 19 idle seconds in 4 epochs with it, none in 6 without, and
-    epochs no slower). AUTOTUNE below then means TF's static defaults, plenty for
-    slicing in-memory arrays.
+    was torn down: on our 2-core machines whole epochs stalled with every thread idle,
+    and without it epochs were no slower (docs/benchmark.md). AUTOTUNE below then means
+    TF's static defaults, plenty for slicing in-memory arrays.
     """
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA

@@ -23,7 +23,7 @@ from mnist_cnn.params import DistributionParams, ThreadParams
 CPUINFO = Path("/proc/cpuinfo")
 # CPU features that make bfloat16 training faster than float32 (oneDNN's AMX kernels).
 # AVX512-BF16 alone is not enough: on a Xeon VM that exposes it without AMX, the default
-# models trained 1.3x (MNIST) and 1.6x (Fashion-MNIST) faster in float32 (measured).
+# models trained faster in float32 (measured per CPU kind: docs/design-notes.md).
 BF16_CPU_FLAGS = ("amx_bf16",)
 # NVIDIA GPUs do bfloat16 math from compute capability 8.0 (Ampere) on.
 BF16_GPU_CAPABILITY = (8, 0)

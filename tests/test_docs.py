@@ -159,3 +159,79 @@ def test_documented_dvc_commands_parse_with_the_locked_dvc():
         except (SystemExit, Exception):  # argparse exits; DVC raises DvcParserError
             rejected.append(f"{page}: dvc {shlex.join(arguments)}")
     assert len(commands) > 20 and not rejected
+
+
+# A measured accuracy, time or speed has one home (metrics/, the seed study, the
+# benchmark's result, shown in docs through generated blocks); comments and params.yaml
+# say why and link. These patterns catch such figures in the pipeline's comments.
+MEASUREMENT = re.compile(
+    r"\d+(?:\.\d+)?\s?%"  # a percentage
+    r"|\d+(?:\.\d+)?(?:[-–]\d+(?:\.\d+)?)?\s?(?:ms|s|sec|seconds?|min|minutes?|hours?)\b"
+    r"|\d+(?:\.\d+)?\s?[×x]\s(?:faster|slower)"  # a speed ratio
+    r"|images/s|GFLOP"
+)
+# Numbers in comments that are constants, not measurements: (file, text it contains).
+NOT_MEASUREMENTS = [
+    ("mnist_cnn/sources.py", "0.5, 1, 2, ... 8 s"),  # the retry back-off the code sets
+]
+
+
+def comments(path: Path) -> list[tuple[int, str]]:
+    """(line, text) of every comment and docstring line of a Python or YAML file."""
+    import ast
+    import io
+    import tokenize
+
+    source = path.read_text()
+    if path.suffix in (".yaml", ".yml"):
+        return [
+            (n, line[line.index("#") :])
+            for n, line in enumerate(source.splitlines(), 1)
+            if "#" in line
+        ]
+    found = [
+        (token.start[0], token.string)
+        for token in tokenize.generate_tokens(io.StringIO(source).readline)
+        if token.type == tokenize.COMMENT
+    ]
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            docstring = ast.get_docstring(node, clean=False)
+            if docstring:
+                first = node.body[0].lineno
+                found += [(first + i, line) for i, line in enumerate(docstring.splitlines())]
+    return found
+
+
+def pipeline_files() -> list[Path]:
+    tools = PROJECT_ROOT / "mnist_cnn" / "tools"
+    modules = [p for p in (PROJECT_ROOT / "mnist_cnn").rglob("*.py") if tools not in p.parents]
+    stages = sorted((PROJECT_ROOT / "stages").glob("*.py"))
+    return [*sorted(modules), *stages, PROJECT_ROOT / "params.yaml", PROJECT_ROOT / "dvc.yaml"]
+
+
+def test_pipeline_comments_quote_no_measured_figures():
+    quoted = []
+    for path in pipeline_files():
+        relative = path.relative_to(PROJECT_ROOT).as_posix()
+        for line, text in comments(path):
+            if MEASUREMENT.search(text) and not any(
+                relative == name and allowed in text for name, allowed in NOT_MEASUREMENTS
+            ):
+                quoted.append(f"{relative}:{line}: {text.strip()}")
+    assert not quoted, "measured figures belong in docs (generated), not here:\n" + "\n".join(
+        quoted
+    )
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["# 99.60 % in 20 epochs", "stalled for 10-20 s", "trains 1.7× faster", "1448 images/s"],
+)
+def test_measured_figures_are_recognised(text):
+    assert MEASUREMENT.search(text)
+
+
+@pytest.mark.parametrize("text", ["shaped N x 28 x 28 x 1", "2×2 max-pool", "ships 10 classes"])
+def test_sizes_are_not_taken_for_measurements(text):
+    assert not MEASUREMENT.search(text)
