@@ -45,7 +45,7 @@ format: setup         ## apply ruff's formatting and safe fixes
 	ruff format .
 	ruff check --fix .
 
-bench: setup          ## the keras.io convnet vs our train stage: speed, accuracy against time (metrics/bench.json)
+bench: setup          ## the keras.io convnet vs our train stage: speed, accuracy against time (docs/benchmark.json)
 	dvc repro preprocess@mnist
 	mnist-cnn-bench
 
