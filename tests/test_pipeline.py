@@ -676,9 +676,15 @@ def test_restore_refuses_to_overwrite_an_output_dvc_has_no_copy_of(project, firs
 
 
 def test_restore_with_nothing_to_do_says_so_and_changes_nothing(project, first_run):
+    """Nothing to restore, even with an untracked file among the results (a note, a
+    benchmark's output): no run is saved, the file stays."""
     stashed = run(["git", "stash", "list"], project)
+    note = project / "metrics" / "notes.txt"
+    note.write_text("not a pipeline result")
     output = run(["bash", "-c", RECOVER], project)
     assert "restore: nothing to do" in output
+    assert note.read_text() == "not a pipeline result"
+    note.unlink()
     assert git_status(project) == ""
     assert run(["git", "stash", "list"], project) == stashed
 

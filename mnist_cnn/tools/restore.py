@@ -125,7 +125,11 @@ def restore(discard: bool = False) -> None:
             f"copy of them:\n  {listed}\nKeep them with `dvc commit <path>` (then `dvc exp "
             "save -n <name>`), or move them away; then run `make restore` again."
         )
-    changed = run("git", "status", "--porcelain", "--", *GIT_TRACKED_RESULTS).stdout.strip()
+    # Tracked files only: every result a stage writes is tracked, while an untracked file
+    # there (a note, a benchmark's output) is no run to save.
+    changed = run(
+        "git", "status", "--porcelain", "--untracked-files=no", "--", *GIT_TRACKED_RESULTS
+    ).stdout.strip()
     if not changed and not status:
         print("restore: nothing to do: params.yaml, results and outputs are as committed")
         return
