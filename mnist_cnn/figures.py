@@ -19,8 +19,9 @@ def save_figure(figure: plt.Figure, path: Path | str) -> None:
 
 
 def plot_training_curves(history: dict[str, list[float]], path: Path | str, title: str) -> None:
-    """Loss, accuracy and learning rate per epoch, train vs validation."""
-    epochs = np.arange(1, len(history["loss"]) + 1)
+    """Loss, accuracy and learning rate per epoch, train vs validation. The epochs'
+    numbers are `history["epoch"]` when given (a resumed run starts later), else 1, 2, …"""
+    epochs = history.get("epoch") or np.arange(1, len(history["loss"]) + 1)
     panels = [("loss", "loss"), ("accuracy", "accuracy")]
     has_lr = "learning_rate" in history
     figure, axes = plt.subplots(1, 3 if has_lr else 2, figsize=(13 if has_lr else 9, 3.6))

@@ -38,8 +38,10 @@ def run_fingerprint(seed: int, train: TrainParams, *arrays: np.ndarray) -> str:
     return digest.hexdigest()[:16]
 
 
-def matching_backup_dir(root: Path, fingerprint: str) -> Path:
-    """root/<fingerprint>, after deleting the backups of every other run under root."""
+def matching_backup_dir(root: Path, fingerprint: str, epochs: int) -> Path:
+    """root/<fingerprint>, after deleting the backups of every other run under root, and
+    this run's own if it holds all `epochs` (the run was killed after its last epoch's
+    backup, before Keras deleted it: resuming would train nothing and keep nothing)."""
     if root.is_dir():
         for stale in sorted(root.iterdir()):
             if stale.name != fingerprint:
@@ -48,7 +50,12 @@ def matching_backup_dir(root: Path, fingerprint: str) -> Path:
                     shutil.rmtree(stale)
                 else:
                     stale.unlink()
-    return root / fingerprint
+    backup = root / fingerprint
+    metadata = backup / "training_metadata.json"  # where BackupAndRestore keeps its epoch
+    if metadata.is_file() and json.loads(metadata.read_text()).get("epoch", 0) >= epochs:
+        print(f"[train] discarding {backup}: it holds a finished run; training again")
+        shutil.rmtree(backup)
+    return backup
 
 
 def make_deterministic(seed: int) -> None:
@@ -99,6 +106,8 @@ class BatchNormReestimation(keras.callbacks.Callback):
             for layer in self.model.layers
             if isinstance(layer, keras.layers.BatchNormalization)
         ]
+        if not norms:
+            return  # nothing to re-estimate
         dropouts = [layer for layer in self.model.layers if isinstance(layer, keras.layers.Dropout)]
         momenta, rates = [layer.momentum for layer in norms], [layer.rate for layer in dropouts]
         try:

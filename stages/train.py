@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     backup_dir = BACKUP_DIR / spec.key
     if train.backup_and_restore:
         fingerprint = run_fingerprint(params.seed, train, *train_split, *val_split)
-        backup_dir = matching_backup_dir(backup_dir, fingerprint)
+        backup_dir = matching_backup_dir(backup_dir, fingerprint, train.epochs)
     with live:
         started = time.perf_counter()
         with distribution.strategy.scope():
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
             {**environment(policy, train.threads), "replicas": distribution.replicas}
         )
     plot_training_curves(
-        read_training_history(paths.training_history).drop(columns="epoch").to_dict("list"),
+        read_training_history(paths.training_history).to_dict("list"),
         paths.training_curves,
         f"{spec.title}: training curves",
     )

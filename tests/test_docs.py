@@ -164,11 +164,14 @@ def test_documented_dvc_commands_parse_with_the_locked_dvc():
 # A measured accuracy, time or speed has one home (metrics/, the seed study, the
 # benchmark's result, shown in docs through generated blocks); comments and params.yaml
 # say why and link. These patterns catch such figures in the pipeline's comments.
+NUMBER = r"(?<![\w.])\d+(?:\.\d+)?(?:\s?[-–]\s?\d+(?:\.\d+)?)?"
 MEASUREMENT = re.compile(
-    r"\d+(?:\.\d+)?\s?%"  # a percentage
-    r"|\d+(?:\.\d+)?(?:[-–]\d+(?:\.\d+)?)?\s?(?:ms|s|sec|seconds?|min|minutes?|hours?)\b"
-    r"|\d+(?:\.\d+)?\s?[×x]\s(?:faster|slower)"  # a speed ratio
-    r"|images/s|GFLOP"
+    NUMBER + r"\s?%"  # a percentage
+    # a duration ("s" and "h" after a space: "the 1s and 0s" is no time)
+    r"|" + NUMBER + r"(?:\s(?:s|h)\b|\s?(?:µs|ms|secs?|seconds?|mins?|minutes?|hrs?|hours?)\b)"
+    r"|" + NUMBER + r"\s?[×x](?!\s?\d)(?=\s|$)"  # a ratio ("1.7× faster"), not a size (28 x 28)
+    r"|" + NUMBER + r"\s?(?:images|img|steps|samples)/s"  # a speed
+    r"|" + NUMBER + r"\s?[GT]FLOP"
 )
 # Numbers in comments that are constants, not measurements: (file, text it contains).
 NOT_MEASUREMENTS = [
@@ -226,12 +229,33 @@ def test_pipeline_comments_quote_no_measured_figures():
 
 @pytest.mark.parametrize(
     "text",
-    ["# 99.60 % in 20 epochs", "stalled for 10-20 s", "trains 1.7× faster", "1448 images/s"],
+    [
+        "# 99.60 % in 20 epochs",
+        "stalled for 10-20 s",
+        "trains 1.7× faster",
+        "a 2.5x slowdown",
+        "1448 images/s",
+        "853 img/s",
+        "took 3 h",
+        "500 µs",
+        "12 TFLOP",
+    ],
 )
 def test_measured_figures_are_recognised(text):
     assert MEASUREMENT.search(text)
 
 
-@pytest.mark.parametrize("text", ["shaped N x 28 x 28 x 1", "2×2 max-pool", "ships 10 classes"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "shaped N x 28 x 28 x 1",
+        "2×2 max-pool",
+        "ships 10 classes",
+        "float32s",
+        "the 1s and 0s",
+        "f'{x:.2%}'",
+        "prints images/s",
+    ],
+)
 def test_sizes_are_not_taken_for_measurements(text):
     assert not MEASUREMENT.search(text)

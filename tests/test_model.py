@@ -160,10 +160,18 @@ def test_backups_are_keyed_to_seed_params_and_data(tmp_path, train_params, capsy
     (root / "0123456789abcdef").mkdir(parents=True)  # an older run's backup
     (root / first).mkdir()
     (root / first / "chkpt").write_text("state")
-    assert matching_backup_dir(root, first) == root / first
+    (root / first / "training_metadata.json").write_text('{"epoch": 3, "batch": -1}')
+    assert matching_backup_dir(root, first, epochs=4) == root / first
     assert sorted(p.name for p in root.iterdir()) == [first]
     assert (root / first / "chkpt").read_text() == "state"  # this run's backup is kept
     assert "discarding" in capsys.readouterr().out
+
+    # A backup of all the epochs (killed after the last one was saved) would resume into
+    # zero epochs: it is discarded, and the run trains from the start.
+    (root / first / "training_metadata.json").write_text('{"epoch": 4, "batch": -1}')
+    assert matching_backup_dir(root, first, epochs=4) == root / first
+    assert not (root / first).exists()
+    assert "holds a finished run" in capsys.readouterr().out
 
 
 def test_weight_averaging_validates_and_keeps_the_average_with_its_statistics(

@@ -155,7 +155,9 @@ def run_peer(dataset: str, epochs: int) -> dict:
         "--epochs",
         str(epochs),
     ]
-    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode:
+        raise RuntimeError(f"the peer failed:\n{(result.stdout + result.stderr)[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
