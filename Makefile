@@ -28,12 +28,17 @@ repro: setup          ## run the whole pipeline (both datasets)
 	dvc repro
 	dvc metrics show
 
-test:                 ## set up (incl. Chromium where possible), then the whole suite (9-11 min on 2 cores)
+# Test modules run in parallel, one worker per CPU, each module whole on one worker (its
+# tiny pipeline is built once). PYTEST_WORKERS=0 runs them in this process, one by one.
+PYTEST_WORKERS ?= logical
+PYTEST_PARALLEL := -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder
+
+test:                 ## set up (incl. Chromium where possible), then the whole suite
 	@bash scripts/setup.sh --for-tests
-	python -m pytest
+	python -m pytest $(PYTEST_PARALLEL)
 
 test-fast: setup      ## unit tests only: no DVC pipeline, no training (about 1 minute)
-	python -m pytest -m "not integration"
+	python -m pytest $(PYTEST_PARALLEL) -m "not integration"
 
 lint: setup           ## what CI enforces: ruff's rules and formatting; the CI workflow's schema
 	ruff check .

@@ -204,3 +204,14 @@ def stop_processes_under(root: Path, grace: float = 30.0) -> list[str]:
 
 # Skips CI accepts (and the hooks that fail a CI run on any other): tests/skip_policy.py.
 from tests.skip_policy import pytest_runtest_logreport, pytest_sessionfinish  # noqa: E402, F401
+
+# The tiny project that tests/test_pipeline.py and tests/test_experiments.py drive (each
+# module builds its own, so the two can run in parallel workers).
+pytest_plugins = ["tests.pipeline_project"]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Integration modules first (a stable sort: the order within stays), so that under
+    `make test` (pytest-xdist, whole modules per worker) the long ones start at once
+    rather than one of them being left for the end."""
+    items.sort(key=lambda item: item.get_closest_marker("integration") is None)

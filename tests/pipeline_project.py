@@ -1,0 +1,210 @@
+"""The tiny project the pipeline tests drive: a fixture and the commands they run in it.
+
+The project is copied into a fresh git repository; params.yaml there keeps every default
+except a class-balanced subset of the data and one short epoch, so the code path is the
+one full runs take. The first `dvc repro` is committed once per test module (each module
+builds its own project, so the modules can run in parallel workers); before every test
+the workspace is put back to that commit (git and DVC), so each test passes alone and in
+any order. After every test no process may still run in the project.
+
+Registered as a pytest plugin in tests/conftest.py; a module uses it with
+`pytest.mark.usefixtures("committed_workspace")`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mnist_cnn.datasets import DATASETS
+from mnist_cnn.params import deep_merge
+from tests.conftest import (
+    PROJECT_ROOT,
+    TINY_OVERRIDE,
+    committed_params,
+    processes_under,
+    run_bounded,
+    stop_processes_under,
+)
+
+PROJECT_FILES = [
+    "dvc.yaml",
+    "params.yaml",
+    "stages",
+    "mnist_cnn",
+    ".dvc/config",
+    ".dvcignore",
+    ".gitignore",
+]
+TIMEOUT = 240  # seconds for any one command: bounded even if something hangs
+
+
+def restore_recipe() -> str:
+    """The commands of `make restore`, which README tells users to run after a failed run."""
+    lines = (PROJECT_ROOT / "Makefile").read_text().split("\nrestore:", 1)[1].splitlines()[1:]
+    commands = []
+    for line in lines:
+        if not line.startswith("\t"):
+            break
+        commands.append(line.strip())
+    return " && ".join(commands)
+
+
+RECOVER = restore_recipe()
+
+
+def command_env() -> dict[str, str]:
+    env = dict(os.environ)
+    # dvc.yaml calls `python`: it must be the interpreter running the tests.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.update(
+        GIT_AUTHOR_NAME="test",
+        GIT_AUTHOR_EMAIL="test@example.com",
+        GIT_COMMITTER_NAME="test",
+        GIT_COMMITTER_EMAIL="test@example.com",
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+def attempt(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """Run a command (bounded; its whole process group is killed on a timeout)."""
+    return run_bounded(args, cwd, command_env(), TIMEOUT)
+
+
+def run(args: list[str], cwd: Path) -> str:
+    """Run a command; fail the test with its output if it exits non-zero."""
+    result = attempt(args, cwd)
+    assert result.returncode == 0, (
+        f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout[-6000:]}"
+    )
+    return result.stdout
+
+
+def dvc(project: Path, *args: str) -> str:
+    return run([sys.executable, "-m", "dvc", *args], project)
+
+
+def stages_run(output: str) -> set[str]:
+    return set(re.findall(r"Running stage '([^']+)'", output))
+
+
+def stages_restored(output: str) -> set[str]:
+    return set(re.findall(r"Stage '([^']+)' is cached - skipping run", output))
+
+
+def read_metrics(project: Path) -> dict[str, dict]:
+    return {key: json.loads((project / "metrics" / f"{key}.json").read_text()) for key in DATASETS}
+
+
+def git_status(project: Path) -> str:
+    return run(["git", "status", "--porcelain"], project)
+
+
+def lock_outputs(project: Path) -> dict[str, str]:
+    """{output path: md5} for every output recorded in dvc.lock."""
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    return {
+        out["path"]: out["md5"]
+        for stage in lock["stages"].values()
+        for out in stage.get("outs", [])
+    }
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("pipeline")
+    for name in PROJECT_FILES:
+        source, target = PROJECT_ROOT / name, root / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(source, target)
+    # HEAD's params.yaml, not the workspace's (an experiment may have rewritten it).
+    params = deep_merge(committed_params(), TINY_OVERRIDE)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(["git", "init", "-q"], root)
+    run(["git", "add", "-A"], root)
+    run(["git", "commit", "-qm", "tiny pipeline"], root)
+    yield root
+    stop_processes_under(root)
+
+
+@pytest.fixture(scope="module")
+def first_run(project) -> dict:
+    output = dvc(project, "repro")
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-qm", "first run"], project)
+    return {
+        "output": output,
+        "metrics": read_metrics(project),
+        "lock_outputs": lock_outputs(project),
+        "commit": run(["git", "rev-parse", "HEAD"], project).strip(),
+    }
+
+
+def reset_to_first_run(project: Path, first_run: dict) -> None:
+    """The workspace exactly as the first run committed it: git files and DVC outputs."""
+    run(["git", "reset", "-q", "--hard", first_run["commit"]], project)
+    run(["git", "clean", "-qfd"], project)
+    dvc(project, "checkout", "--force")
+
+
+@pytest.fixture
+def committed_workspace(project, first_run):
+    """Each test starts from the committed first run and leaves no process behind."""
+    reset_to_first_run(project, first_run)
+    yield
+    leftovers = [" ".join(p.cmdline()) for p in processes_under(project)]
+    killed = stop_processes_under(project, grace=15)
+    assert not leftovers or not killed, f"processes left running by the test: {killed}"
+
+
+def start_in_background(args: list[str], project: Path, log: Path) -> subprocess.Popen:
+    """Start a DVC command in its own process group (to kill whole), output to `log`."""
+    with log.open("w") as handle:
+        return subprocess.Popen(
+            args,
+            cwd=project,
+            env=command_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def logged_epochs(summary: Path) -> int:
+    """The last epoch DVCLive's summary holds (0 before the first one is written)."""
+    try:
+        return int(json.loads(summary.read_text()).get("step", 0))
+    except (OSError, ValueError):  # not there yet, or being rewritten
+        return 0
+
+
+def run_records(project: Path) -> set[Path]:
+    """DVC's records of experiment runs: their info files and temporary workspaces."""
+    folders = [project / ".dvc/tmp/exps" / name for name in ("run", "standalone")]
+    return {path for folder in folders if folder.is_dir() for path in folder.iterdir()}
+
+
+def forget_runs_since(project: Path, before: set[Path]) -> None:
+    """Remove the records of runs started since `before` (runs this test killed: DVC keeps
+    listing a killed run as running, and `dvc exp clean` keeps it), and no other: the
+    queue's finished runs must keep theirs."""
+    for path in run_records(project) - before:
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def workspace_row(table: list[dict]) -> dict:
+    row = next(row for row in table if row.get("rev") == "workspace")
+    return row.get("data", {})
