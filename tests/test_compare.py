@@ -200,8 +200,13 @@ def test_seed_runs_name_the_cpu_from_each_runs_training_summary(seed_sweep, sect
 
 
 def test_spread_picture_with_groups(seed_sweep, sections, tmp_path):
+    """Two groups on each dataset: a shared rate beside the committed params."""
+    shared = {"train.learning_rate": 0.003}
+    rows = [*seed_sweep[:4], *(seeded(seed_sweep[0], s, 0.99, f"t{s}", **shared) for s in (1, 2))]
+    runs = seed_runs(rows, sections)
+    assert (runs.groupby("dataset")["group"].nunique() == 2).all()
     png = tmp_path / "spread.png"
-    plot_comparison(seed_runs(seed_sweep, sections), {}, png)
+    plot_comparison(runs, {}, png)
     drawn_png(png)
 
 
@@ -245,3 +250,37 @@ def test_command_in_a_repository_without_runs_says_what_to_do(tmp_path):
     assert result.stderr.strip().splitlines()[-1] == (
         "compare: no experiments found (run some with `dvc exp run`)"
     )
+
+
+def test_a_datasets_group_ignores_the_other_datasets_own_section(seed_sweep, sections):
+    """A Fashion-MNIST recipe studied in experiments that set MNIST's section too (or
+    not) forms one group for Fashion-MNIST; MNIST's rows still tell the two apart."""
+    fashion = {"datasets.fashion_mnist.train.epochs": 18.0}
+    both = {**fashion, "datasets.mnist.train.epochs": 14.0}
+    rows = [
+        seed_sweep[0],
+        seeded(seed_sweep[0], 1, 0.99, "fashion-only", **fashion),
+        seeded(seed_sweep[0], 2, 0.99, "both", **both),
+    ]
+    runs = seed_runs(rows, sections).set_index(["dataset", "seed"])["group"]
+    assert runs[("fashion_mnist", 1)] == runs[("fashion_mnist", 2)]
+    assert runs[("fashion_mnist", 1)] == "datasets.fashion_mnist.train.epochs=18"
+    assert runs[("mnist", 1)] == COMMITTED_PARAMS
+    assert runs[("mnist", 2)] == "datasets.mnist.train.epochs=14"
+
+
+def test_a_dataset_not_trained_with_the_experiments_seed_gives_no_row(seed_sweep, sections):
+    """`dvc exp run evaluate@fashion_mnist -S seed=1` trains Fashion-MNIST only: the
+    experiment's MNIST results are the baseline's seed-42 run, not a run of seed 1."""
+    rows = [seed_sweep[0], seeded(seed_sweep[0], 1, 0.99, "fashion-run")]
+
+    def trained_seed(rev: str, key: str) -> int:
+        return 1 if rev.startswith("rev1") and key == "fashion_mnist" else 42
+
+    runs = seed_runs(rows, sections, trained_seed=trained_seed)
+    assert set(runs.loc[runs["seed"] == 1, "dataset"]) == {"fashion_mnist"}
+    assert set(runs.loc[runs["seed"] == 42, "dataset"]) == {"mnist", "fashion_mnist"}
+    assert set(seed_runs(rows, sections).loc[lambda r: r["seed"] == 1, "dataset"]) == {
+        "mnist",
+        "fashion_mnist",
+    }

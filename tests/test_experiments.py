@@ -406,9 +406,14 @@ def test_exp_show_reports_epochs_of_a_temp_run_while_it_trains(project, first_ru
 
 def test_compare_command_reads_real_experiments(project, rate_experiment, tmp_path):
     """mnist-cnn-compare against DVC itself: the experiment's changed param and results."""
-    png = tmp_path / "compare.png"
+    png, study = tmp_path / "compare.png", tmp_path / "study.csv"
     output = run(
-        [sys.executable, "-m", "mnist_cnn.tools.compare", "--csv", "--png", str(png)], project
+        [
+            sys.executable,
+            *("-m", "mnist_cnn.tools.compare", "--csv"),
+            *("--png", str(png), "--seed-runs", str(study)),
+        ],
+        project,
     )
     csv = "\n".join(line for line in output.splitlines() if not line.startswith("compare:"))
     table = pd.read_csv(io.StringIO(csv))
@@ -417,3 +422,9 @@ def test_compare_command_reads_real_experiments(project, rate_experiment, tmp_pa
     assert row["mnist loss"] == rate_experiment["diff"]["metrics/mnist.json"]["loss"]["new"]
     assert table["experiment"].iloc[0].startswith("baseline")
     drawn_png(png)
+    # The study file: each dataset's run of the experiment, read from its own dvc.lock
+    # (the seed it trained with) and training summary (the CPU).
+    runs = pd.read_csv(study)
+    rate = runs[runs["group"] == "train.learning_rate=0.003"]
+    assert sorted(rate["dataset"]) == sorted(DATASETS) and set(rate["seed"]) == {42}
+    assert rate["cpu"].notna().all()

@@ -128,18 +128,26 @@ def comparison_table(rows: list[dict], sections: list[str]) -> pd.DataFrame:
     return pd.DataFrame(table)
 
 
-def group_label(row: dict, baseline: dict, changed: list[str]) -> str:
-    """The params (other than the seed) an experiment sets apart from the baseline."""
+def group_label(row: dict, baseline: dict, changed: list[str], dataset: str) -> str:
+    """The params (other than the seed) an experiment sets apart from the baseline for
+    one dataset: another dataset's own section (`datasets.<other>.…`) does not count, so
+    a recipe studied for one dataset forms one group whatever the other one ran."""
+    others = tuple(f"datasets.{key}." for key in DATASETS if key != dataset)
     parts = [
         f"{param_name(name)}={param_text(row.get(name))}"
         for name in changed
-        if param_name(name) != SEED_PARAM and row.get(name) != baseline.get(name)
+        if param_name(name) != SEED_PARAM
+        and not param_name(name).startswith(others)
+        and row.get(name) != baseline.get(name)
     ]
     return ", ".join(parts) or COMMITTED_PARAMS
 
 
 def seed_runs(
-    rows: list[dict], sections: list[str], cpu_of: Callable[[str, str], str | None] | None = None
+    rows: list[dict],
+    sections: list[str],
+    cpu_of: Callable[[str, str], str | None] | None = None,
+    trained_seed: Callable[[str, str], int | None] | None = None,
 ) -> pd.DataFrame:
     """One row per finished experiment and dataset: its group, seed and results.
 
@@ -147,7 +155,10 @@ def seed_runs(
     experiment over the baseline commit's own run, which may come from another machine.
     Only finished runs count: queued, running and failed experiments are left out.
     `cpu_of(rev, dataset)` names the CPU a run trained on (exp show leaves the training
-    summary's environment out: it is a list).
+    summary's environment out: it is a list). `trained_seed(rev, dataset)` is the seed
+    the dataset's model was trained with (its train stage in the run's dvc.lock): an
+    experiment that ran one dataset's stages only (`dvc exp run evaluate@<ds> -S
+    seed=…`) carries the other dataset's earlier results, which are no run of its seed.
     """
     changed, baseline = changed_params(rows, sections), baseline_row(rows)
     records = []
@@ -161,9 +172,11 @@ def seed_runs(
             if accuracy is None:
                 continue
             seed = row.get(SEED_PARAM, row.get(f"params.yaml:{SEED_PARAM}"))
+            if trained_seed and seed is not None and trained_seed(row["rev"], key) != seed:
+                continue
             records.append(
                 {
-                    "group": group_label(row, baseline, changed),
+                    "group": group_label(row, baseline, changed, key),
                     "seed": None if seed is None else int(seed),
                     "dataset": key,
                     "experiment": row_label(row),
@@ -320,13 +333,17 @@ def main(argv: list[str] | None = None) -> int:
         summary = json.loads(read(DatasetPaths(key).training_summary.as_posix(), rev))
         return environment_from_entries(summary.get("environment", [])).get("cpu")
 
+    def trained_seed(rev: str, key: str) -> int | None:
+        stage = yaml.safe_load(read("dvc.lock", rev))["stages"].get(f"train@{key}", {})
+        return stage.get("params", {}).get("params.yaml", {}).get(SEED_PARAM)
+
     rows = dvc.api.exp_show(revs=args.rev, force=True)
     sections = list(yaml.safe_load(Path("params.yaml").read_text()))
     table = comparison_table(rows, sections)
     if table.empty:
         print("compare: no experiments found (run some with `dvc exp run`)", file=sys.stderr)
         return 1
-    runs = seed_runs(rows, sections, cpu_of if args.seed_runs else None)
+    runs = seed_runs(rows, sections, *((cpu_of, trained_seed) if args.seed_runs else ()))
     groups = seed_groups(runs) if not runs.empty else pd.DataFrame()
     tables = [] if args.by_seed else [table]
     if args.by_seed or (not args.csv and not groups.empty and (groups["n"] > 1).any()):
