@@ -19,7 +19,7 @@ setup:
 TRIAL_PARAMS := -S preprocess.max_train_samples=5000 -S preprocess.max_test_samples=1000 \
   -S train.epochs=1 -S train.lr_schedule.warmup_epochs=0 -S datasets.fashion_mnist.train.epochs=1 \
   -S train.batch_size=32
-trial: setup          ## the whole pipeline on 5000 images for 1 epoch, in a temporary workspace (~1-2 min)
+trial: setup          ## the whole pipeline on 5000 images for 1 epoch, in a temporary workspace
 	@dvc exp remove trial >/dev/null 2>&1 || true
 	dvc exp run --temp -n trial $(TRIAL_PARAMS)
 	dvc exp show --drop '.*' --keep 'Experiment|Created|metrics/[a-z_]+\.json:(val_)?accuracy$$'
