@@ -19,6 +19,7 @@ from mnist_cnn.tools.compare import (
     COMMITTED_PARAMS,
     comparison_table,
     merge_seed_runs,
+    named_like,
     plot_comparison,
     read_histories,
     seed_group_table,
@@ -284,3 +285,12 @@ def test_a_dataset_not_trained_with_the_experiments_seed_gives_no_row(seed_sweep
         "mnist",
         "fashion_mnist",
     }
+
+
+def test_named_like_keeps_the_matching_experiments_and_the_baseline(seed_sweep):
+    kept = named_like(seed_sweep, "s*")
+    assert [row.get("Experiment") for row in kept if row.get("typ") != "baseline"] == ["s1", "s2"]
+    assert any(row.get("typ") == "baseline" for row in kept)
+    assert [
+        row for row in named_like(seed_sweep, "nothing-*") if row.get("typ") != "baseline"
+    ] == []

@@ -5,6 +5,7 @@
     mnist-cnn-compare --by-seed          # only the seed groups: n, mean ± std, min-max
     mnist-cnn-compare --png sweep.png    # also a picture: validation curves, test accuracy
     mnist-cnn-compare --seed-runs F.csv  # also one row per experiment and dataset, into F.csv
+    mnist-cnn-compare --experiments 'seed-*'  # only these experiments (and the baseline)
 
 `dvc exp show` lists every param, metric and dependency hash (dozens of columns); this
 shows what a comparison needs: the params that differ from the baseline, then per dataset
@@ -16,6 +17,7 @@ another only when the gap between their means exceeds that spread. Not a pipelin
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import gc
 import json
 import sys
@@ -126,6 +128,18 @@ def comparison_table(rows: list[dict], sections: list[str]) -> pd.DataFrame:
             )
         table.append(entry)
     return pd.DataFrame(table)
+
+
+def named_like(rows: list[dict], pattern: str) -> list[dict]:
+    """The experiments whose name matches the glob `pattern`, and the baseline commit's
+    row, which they are compared with (the workspace row stays for DVC's own use)."""
+    return [
+        row
+        for row in rows
+        if not shown(row)
+        or row.get("typ") == "baseline"
+        or fnmatch.fnmatchcase(str(row.get("Experiment") or ""), pattern)
+    ]
 
 
 def group_label(row: dict, baseline: dict, changed: list[str], dataset: str) -> str:
@@ -317,6 +331,12 @@ def main(argv: list[str] | None = None) -> int:
         "other runs already in it are kept; a run's earlier row is replaced)",
     )
     parser.add_argument("--rev", default=None, help="baseline commit (default: HEAD)")
+    parser.add_argument(
+        "--experiments",
+        metavar="GLOB",
+        help="only the experiments named like GLOB (e.g. 'seed-*'); the baseline commit "
+        "is shown but gives no --seed-runs row (its run may be from another machine)",
+    )
     args = parser.parse_args(argv)
 
     import dvc.api
@@ -338,12 +358,16 @@ def main(argv: list[str] | None = None) -> int:
         return stage.get("params", {}).get("params.yaml", {}).get(SEED_PARAM)
 
     rows = dvc.api.exp_show(revs=args.rev, force=True)
+    if args.experiments:
+        rows = named_like(rows, args.experiments)
     sections = list(yaml.safe_load(Path("params.yaml").read_text()))
     table = comparison_table(rows, sections)
     if table.empty:
         print("compare: no experiments found (run some with `dvc exp run`)", file=sys.stderr)
         return 1
     runs = seed_runs(rows, sections, *((cpu_of, trained_seed) if args.seed_runs else ()))
+    if args.experiments and not runs.empty:
+        runs = runs[~runs["experiment"].str.startswith("baseline")].reset_index(drop=True)
     groups = seed_groups(runs) if not runs.empty else pd.DataFrame()
     tables = [] if args.by_seed else [table]
     if args.by_seed or (not args.csv and not groups.empty and (groups["n"] > 1).any()):
