@@ -28,10 +28,11 @@ repro: setup          ## run the whole pipeline (both datasets)
 	dvc repro
 	dvc metrics show
 
-# Test modules run in parallel, one worker per CPU, each module whole on one worker (its
-# tiny pipeline is built once). PYTEST_WORKERS=0 runs them in this process, one by one.
+# Test modules run in parallel, one worker per CPU (at most 4: each loads TensorFlow, and
+# two modules hold most of the time), each module whole on one worker (its tiny pipeline
+# is built once). PYTEST_WORKERS=0 runs them in this process, one by one.
 PYTEST_WORKERS ?= logical
-PYTEST_PARALLEL := -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder
+PYTEST_PARALLEL := -n $(PYTEST_WORKERS) --maxprocesses 4 --dist loadfile --no-loadscope-reorder
 
 test:                 ## set up (incl. Chromium where possible), then the whole suite
 	@bash scripts/setup.sh --for-tests

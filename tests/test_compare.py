@@ -25,6 +25,7 @@ from mnist_cnn.tools.compare import (
     seed_group_table,
     seed_groups,
     seed_runs,
+    trained_with_own_params,
 )
 from tests.conftest import PROJECT_ROOT, drawn_png
 
@@ -270,21 +271,17 @@ def test_a_datasets_group_ignores_the_other_datasets_own_section(seed_sweep, sec
     assert runs[("mnist", 2)] == "datasets.mnist.train.epochs=14"
 
 
-def test_a_dataset_not_trained_with_the_experiments_seed_gives_no_row(seed_sweep, sections):
+def test_a_dataset_not_trained_with_the_experiments_params_gives_no_row(seed_sweep, sections):
     """`dvc exp run evaluate@fashion_mnist -S seed=1` trains Fashion-MNIST only: the
     experiment's MNIST results are the baseline's seed-42 run, not a run of seed 1."""
     rows = [seed_sweep[0], seeded(seed_sweep[0], 1, 0.99, "fashion-run")]
 
-    def trained_seed(rev: str, key: str) -> int:
-        return 1 if rev.startswith("rev1") and key == "fashion_mnist" else 42
+    def trained(rev: str, key: str) -> bool:
+        return not rev.startswith("rev1") or key == "fashion_mnist"
 
-    runs = seed_runs(rows, sections, trained_seed=trained_seed)
+    runs = seed_runs(rows, sections, trained=trained)
     assert set(runs.loc[runs["seed"] == 1, "dataset"]) == {"fashion_mnist"}
     assert set(runs.loc[runs["seed"] == 42, "dataset"]) == {"mnist", "fashion_mnist"}
-    assert set(seed_runs(rows, sections).loc[lambda r: r["seed"] == 1, "dataset"]) == {
-        "mnist",
-        "fashion_mnist",
-    }
 
 
 def test_named_like_keeps_the_matching_experiments_and_the_baseline(seed_sweep):
@@ -294,3 +291,27 @@ def test_named_like_keeps_the_matching_experiments_and_the_baseline(seed_sweep):
     assert [
         row for row in named_like(seed_sweep, "nothing-*") if row.get("typ") != "baseline"
     ] == []
+
+
+def test_trained_with_own_params_reads_the_runs_lock_against_its_params_files():
+    lock = {
+        "stages": {
+            "train@mnist": {
+                "params": {
+                    "params.yaml": {"seed": 42},
+                    "data/params/mnist.yaml": {"train": {"epochs": 20, "blocks": [1, 2, 1]}},
+                }
+            }
+        }
+    }
+    files = {
+        "params.yaml": {"seed": 42, "other": 1},
+        "data/params/mnist.yaml": {"train": {"epochs": 20, "blocks": [1, 2, 1]}},
+    }
+    assert trained_with_own_params(lock, "mnist", files.__getitem__)
+    reseeded = {**files, "params.yaml": {"seed": 1}}
+    assert not trained_with_own_params(lock, "mnist", reseeded.__getitem__)
+    longer = {**files, "data/params/mnist.yaml": {"train": {"epochs": 30, "blocks": [1, 2, 1]}}}
+    assert not trained_with_own_params(lock, "mnist", longer.__getitem__)
+    assert not trained_with_own_params(lock, "fashion_mnist", files.__getitem__)  # never ran
+    assert not trained_with_own_params({}, "mnist", files.__getitem__)  # no dvc.lock

@@ -50,7 +50,13 @@ from tests.pipeline_project import (
     workspace_row,
 )
 
-pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("committed_workspace")]
+# The first test also waits for the module's tiny project to be built and run (beside
+# another worker's training under `make test`): more than pyproject.toml's 300 s allows.
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.usefixtures("committed_workspace"),
+    pytest.mark.timeout(600),
+]
 
 
 @pytest.fixture(scope="module")

@@ -45,7 +45,13 @@ from tests.pipeline_project import (
 )
 from tests.test_predict import png_claiming_size
 
-pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("committed_workspace")]
+# The first test also waits for the module's tiny project to be built and run (beside
+# another worker's training under `make test`): more than pyproject.toml's 300 s allows.
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.usefixtures("committed_workspace"),
+    pytest.mark.timeout(600),
+]
 
 
 def test_repro_builds_every_stage_with_sane_outputs(project, first_run):

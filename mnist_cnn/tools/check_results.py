@@ -125,14 +125,14 @@ def check(
     return lines, inside
 
 
-def committed_text(path: Path, root: Path = Path()) -> str | None:
-    """The file (relative to the repository's top) as HEAD has it; None outside git or
-    when HEAD lacks it."""
+def committed_text(path: Path, root: Path = Path(), rev: str = "HEAD") -> str | None:
+    """The file (relative to the repository's top) as commit `rev` has it; None outside
+    git or when that commit lacks it."""
     git = shutil.which("git")
     if git is None:
         return None
     result = subprocess.run(
-        [git, "show", f"HEAD:{path.as_posix()}"],
+        [git, "show", f"{rev}:{path.as_posix()}"],
         cwd=root,
         capture_output=True,
         text=True,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import functools
 import gc
 import json
 import sys
@@ -130,6 +131,26 @@ def comparison_table(rows: list[dict], sections: list[str]) -> pd.DataFrame:
     return pd.DataFrame(table)
 
 
+def trained_with_own_params(lock: dict, dataset: str, params_file: Callable[[str], dict]) -> bool:
+    """Whether a run's dvc.lock records the dataset's train stage with the params that
+    run's own params files hold (`params_file(path)`: the file's content in that run).
+
+    It does not when DVC left the stage out of the run (`dvc exp run evaluate@<other>`):
+    the results beside it are then an earlier run's."""
+    stage = lock.get("stages", {}).get(f"train@{dataset}")
+    if stage is None:
+        return False
+    for path, recorded in stage.get("params", {}).items():
+        own = params_file(path)
+        for name, value in recorded.items():
+            if (
+                functools.reduce(lambda node, part: (node or {}).get(part), name.split("."), own)
+                != value
+            ):
+                return False
+    return True
+
+
 def named_like(rows: list[dict], pattern: str) -> list[dict]:
     """The experiments whose name matches the glob `pattern`, and the baseline commit's
     row, which they are compared with (the workspace row stays for DVC's own use)."""
@@ -161,18 +182,20 @@ def seed_runs(
     rows: list[dict],
     sections: list[str],
     cpu_of: Callable[[str, str], str | None] | None = None,
-    trained_seed: Callable[[str, str], int | None] | None = None,
+    trained: Callable[[str, str], bool] | None = None,
 ) -> pd.DataFrame:
     """One row per finished experiment and dataset: its group, seed and results.
 
-    A group is a set of params apart from the seed. Each (group, seed) counts once: an
+    A group is a set of params apart from the seed, per dataset (`group_label`). Each
+    (group, seed, dataset) counts once: an
     experiment over the baseline commit's own run, which may come from another machine.
     Only finished runs count: queued, running and failed experiments are left out.
     `cpu_of(rev, dataset)` names the CPU a run trained on (exp show leaves the training
-    summary's environment out: it is a list). `trained_seed(rev, dataset)` is the seed
-    the dataset's model was trained with (its train stage in the run's dvc.lock): an
-    experiment that ran one dataset's stages only (`dvc exp run evaluate@<ds> -S
-    seed=…`) carries the other dataset's earlier results, which are no run of its seed.
+    summary's environment out: it is a list). `trained(rev, dataset)` says whether the
+    dataset's model was trained with that run's own params (its train stage's params in
+    the run's dvc.lock): an experiment that ran one dataset's stages only (`dvc exp run
+    evaluate@<ds> -S seed=…`) carries the other dataset's earlier results, which are no
+    run of its params and give no row.
     """
     changed, baseline = changed_params(rows, sections), baseline_row(rows)
     records = []
@@ -186,7 +209,7 @@ def seed_runs(
             if accuracy is None:
                 continue
             seed = row.get(SEED_PARAM, row.get(f"params.yaml:{SEED_PARAM}"))
-            if trained_seed and seed is not None and trained_seed(row["rev"], key) != seed:
+            if trained and not trained(row["rev"], key):
                 continue
             records.append(
                 {
@@ -342,6 +365,9 @@ def main(argv: list[str] | None = None) -> int:
     import dvc.api
     import yaml
     from dvc.exceptions import PathMissingError
+    from ruamel.yaml import YAML
+
+    from mnist_cnn.tools.check_results import committed_text  # which imports this module
 
     def read(path: str, rev: str) -> str:
         try:
@@ -353,9 +379,19 @@ def main(argv: list[str] | None = None) -> int:
         summary = json.loads(read(DatasetPaths(key).training_summary.as_posix(), rev))
         return environment_from_entries(summary.get("environment", [])).get("cpu")
 
-    def trained_seed(rev: str, key: str) -> int | None:
-        stage = yaml.safe_load(read("dvc.lock", rev))["stages"].get(f"train@{key}", {})
-        return stage.get("params", {}).get("params.yaml", {}).get(SEED_PARAM)
+    # YAML 1.2, as DVC reads dvc.lock and params files: PyYAML (YAML 1.1) reads the
+    # lock's `1e-05` as a string where the params file's `1.0e-05` is a number.
+    yaml12 = YAML(typ="safe", pure=True)
+
+    @functools.cache
+    def committed_yaml(path: str, rev: str) -> dict:
+        # From git, not dvc.api.read: the files are in git, and DVC opens the repository
+        # anew for every read (seconds over a study's experiments).
+        return yaml12.load(committed_text(Path(path), rev=rev) or "") or {}
+
+    def trained(rev: str, key: str) -> bool:
+        lock = committed_yaml("dvc.lock", rev)
+        return trained_with_own_params(lock, key, lambda path: committed_yaml(path, rev))
 
     rows = dvc.api.exp_show(revs=args.rev, force=True)
     if args.experiments:
@@ -365,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     if table.empty:
         print("compare: no experiments found (run some with `dvc exp run`)", file=sys.stderr)
         return 1
-    runs = seed_runs(rows, sections, *((cpu_of, trained_seed) if args.seed_runs else ()))
+    runs = seed_runs(rows, sections, cpu_of if args.seed_runs else None, trained)
     if args.experiments and not runs.empty:
         runs = runs[~runs["experiment"].str.startswith("baseline")].reset_index(drop=True)
     groups = seed_groups(runs) if not runs.empty else pd.DataFrame()
@@ -379,7 +415,9 @@ def main(argv: list[str] | None = None) -> int:
             print(shown_table.to_csv(index=False), end="")
         else:
             print(shown_table.to_string(index=False, float_format=lambda v: f"{v:.4f}"), end="\n\n")
-    if args.seed_runs:
+    if args.seed_runs and runs.empty:
+        print(f"compare: no finished runs: {args.seed_runs} left as it is", file=sys.stderr)
+    elif args.seed_runs:
         study = runs
         if args.seed_runs.exists():
             study = merge_seed_runs(pd.read_csv(args.seed_runs), runs)
