@@ -14,6 +14,10 @@ import yaml
 from tests.conftest import PROJECT_ROOT, committed_params, with_value
 
 PAGES = [PROJECT_ROOT / "README.md", *sorted((PROJECT_ROOT / "docs").glob("*.md"))]
+# The dated history, out of the pages a user reads to use the project; linked like them.
+CHANGELOG = PROJECT_ROOT / "CHANGELOG.md"
+# README and docs/ read in one sitting: repetition and history go (CHANGELOG.md), not this.
+LINE_BUDGET = 1000
 COMMANDS = {
     "mnist-cnn-predict": "mnist_cnn.tools.predict",
     "mnist-cnn-compare": "mnist_cnn.tools.compare",
@@ -103,9 +107,14 @@ def heading_anchors(page: Path) -> set[str]:
     return anchors
 
 
+def test_readme_and_docs_stay_within_their_line_budget():
+    lines = {page.name: len(page.read_text().splitlines()) for page in PAGES}
+    assert sum(lines.values()) < LINE_BUDGET, lines
+
+
 def test_links_between_pages_and_their_anchors_resolve():
     broken = []
-    for page in PAGES:
+    for page in [*PAGES, CHANGELOG]:
         for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):
             if re.match(r"[a-z]+:", target):  # https:, mailto:
                 continue
@@ -123,7 +132,7 @@ def test_tests_the_docs_name_exist():
     for module in (PROJECT_ROOT / "tests").glob("test_*.py"):
         defined |= set(re.findall(r"^def (test_\w+)", module.read_text(), flags=re.MULTILINE))
     named = set()
-    for page in PAGES:
+    for page in [*PAGES, CHANGELOG]:
         named |= set(re.findall(r"`(test_\w+)`", page.read_text()))
     assert named and not named - defined, named - defined
 
