@@ -10,7 +10,15 @@ import pytest
 
 from mnist_cnn.tools.check_results import SEED_STUDY, committed_text
 from mnist_cnn.tools.compare import COMMITTED_PARAMS
-from mnist_cnn.tools.report import END, PAGES, groups_table, marker, render
+from mnist_cnn.tools.report import (
+    BENCHMARK,
+    END,
+    PAGES,
+    benchmark_table,
+    groups_table,
+    marker,
+    render,
+)
 from tests.conftest import PROJECT_ROOT
 
 
@@ -70,7 +78,8 @@ def test_committed_pages_show_the_committed_results(page):
 
     def read(path: Path) -> str:
         text = committed_text(Path(path), PROJECT_ROOT)
-        assert text is not None, f"{path} is not committed"
+        if text is None:  # the benchmark's table says so until `make bench` has run
+            raise FileNotFoundError(f"{path} is not committed")
         return text
 
     committed_page = read(Path(page))
@@ -97,3 +106,56 @@ def test_check_names_a_stale_page_and_changes_nothing(tmp_path, monkeypatch, cap
     assert main([]) == 0
     assert main(["--check"]) == 0
     assert "report: no page differ" in capsys.readouterr().out
+
+
+def bench_result(curves: bool) -> dict:
+    """docs/benchmark.json as tools/bench.py writes it."""
+    result = {
+        "date": "2026-12-08",
+        "dataset": "mnist",
+        "machine": {
+            "cpu": "AMD EPYC",
+            "cpu_flags": "avx2 fma",
+            "cpus": 2,
+            "tensorflow": "2.21.0",
+            "keras": "3.15.1",
+            "precision": "float32",
+        },
+        "matmul_gflops": {"float32": 150.4, "mixed_bfloat16": 60.2},
+        "peer_vs_stage_images_per_second": {
+            "epochs_per_process": 2,
+            "peer": [1000.0, 1200.0, 1100.0],
+            "stage": [900.0, 1000.0, 1500.0],
+        },
+        "default_model_images_per_second": {"float32": 758.4, "mixed_bfloat16": 301.0},
+    }
+    if curves:
+        result["accuracy_over_time"] = {
+            "peer": {"epoch_seconds": [10.0, 140.6], "val_accuracy": [0.98, 0.9915]},
+            "ours": {"epoch_seconds": [40.0, 80.0, 760.0], "val_accuracy": [0.98, 0.992, 0.996]},
+            "ours_reaches_peer_final_after_seconds": 80.0,
+        }
+    return result
+
+
+def test_benchmark_table_shows_what_bench_wrote_and_says_when_it_has_not_run():
+    def read(path: Path) -> str:
+        raise FileNotFoundError(path)
+
+    assert "has not written" in benchmark_table(read)
+    table = benchmark_table(lambda path: json.dumps(bench_result(curves=False)))
+    assert "| machine | AMD EPYC (avx2 fma), 2 CPUs, TensorFlow 2.21.0, Keras 3.15.1 |" in table
+    assert "keras.io convnet 1100, our train stage on the same convnet 1000 (0.91×)" in table
+    assert "| 150 float32, 60 bfloat16 |" in table and "float32 758, mixed_bfloat16 301" in table
+    assert "against time" not in table
+    table = benchmark_table(lambda path: json.dumps(bench_result(curves=True)))
+    assert (
+        "keras.io convnet: 99.15 % after 141 s; ours: the same after 80 s, 99.60 % after 760 s"
+        in table
+    )
+
+
+def test_the_benchmark_table_reads_the_file_bench_writes():
+    from mnist_cnn.tools.bench import RESULT_FILE
+
+    assert BENCHMARK == RESULT_FILE

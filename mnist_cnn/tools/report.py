@@ -1,4 +1,4 @@
-"""The results tables of README.md and docs/results.md, generated from the committed files.
+"""The results tables of README.md and docs/, generated from the committed files.
 
     python -m mnist_cnn.tools.report           # rewrite the generated blocks from metrics/
     python -m mnist_cnn.tools.report --check   # exit 1 if a page differs from what it would write
@@ -6,8 +6,8 @@
 
 Each table sits between `<!-- generated: python -m mnist_cnn.tools.report NAME -->` and
 `<!-- end generated -->`; everything else on the pages is hand-written. The numbers come
-from metrics/<ds>.json, dvclive/<ds>/metrics.json and metrics/seed_study.csv, so a table
-cannot drift from the run it describes (tests/test_report.py compares the pages with the
+from metrics/<ds>.json, dvclive/<ds>/metrics.json, metrics/seed_study.csv and
+docs/benchmark.json (`make bench`), so a table cannot drift from the run it describes (tests/test_report.py compares the pages with the
 committed files).
 """
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import statistics
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -27,7 +28,11 @@ from mnist_cnn.datasets import DATASETS
 from mnist_cnn.tools.check_results import SEED_STUDY, prediction_band
 from mnist_cnn.tools.compare import COMMITTED_PARAMS, seed_groups, short_label, spread_text
 
-PAGES = {"README.md": ["results"], "docs/results.md": ["results", "seeds", "groups"]}
+PAGES = {
+    "README.md": ["results"],
+    "docs/results.md": ["results", "seeds", "groups"],
+    "docs/benchmark.md": ["benchmark"],
+}
 Reader = Callable[[Path], str]
 
 
@@ -113,7 +118,64 @@ def groups_table(read: Reader) -> str:
     return "\n".join(lines) + "\n"
 
 
-TABLES = {"results": results_table, "seeds": seeds_table, "groups": groups_table}
+BENCHMARK = Path("docs/benchmark.json")  # what `make bench` writes (tools/bench.py)
+
+
+def benchmark_table(read: Reader) -> str:
+    """What the last `make bench` measured, with its machine; a note until it has run."""
+    try:
+        bench = json.loads(read(BENCHMARK))
+    except FileNotFoundError:
+        return "`make bench` has not written `docs/benchmark.json` yet.\n"
+    machine = bench["machine"]
+    ceiling = bench["matmul_gflops"]
+    turns = bench["peer_vs_stage_images_per_second"]
+    peer, stage = (statistics.median(turns[name]) for name in ("peer", "stage"))
+    speed = bench["default_model_images_per_second"]
+    rows = [
+        ("run", f"{bench['date']}, {DATASETS[bench['dataset']].title}"),
+        (
+            "machine",
+            f"{machine['cpu']} ({machine['cpu_flags']}), {machine['cpus']} CPUs, "
+            f"TensorFlow {machine['tensorflow']}, Keras {machine['keras']}",
+        ),
+        (
+            "matmul ceiling (4096², GFLOP/s)",
+            f"{ceiling['float32']:.0f} float32, {ceiling['mixed_bfloat16']:.0f} bfloat16",
+        ),
+        (
+            f"images/s of `fit()`, {turns['epochs_per_process']} epochs per process, "
+            f"{len(turns['peer'])} processes each in turns (median)",
+            f"keras.io convnet {peer:.0f}, our train stage on the same convnet {stage:.0f} "
+            f"({stage / peer:.2f}×)",
+        ),
+        (
+            "default model, images/s of training steps",
+            ", ".join(f"{name} {value:.0f}" for name, value in speed.items()),
+        ),
+    ]
+    if over_time := bench.get("accuracy_over_time"):
+        peer_run, ours = over_time["peer"], over_time["ours"]
+        reached = over_time["ours_reaches_peer_final_after_seconds"]
+        rows.append(
+            (
+                "validation accuracy against time",
+                f"keras.io convnet: {percent(peer_run['val_accuracy'][-1])} after "
+                f"{peer_run['epoch_seconds'][-1]:.0f} s; ours: "
+                + (f"the same after {reached:.0f} s, " if reached is not None else "")
+                + f"{percent(ours['val_accuracy'][-1])} after {ours['epoch_seconds'][-1]:.0f} s",
+            )
+        )
+    lines = ["| measured | |", "|---|---|", *(f"| {name} | {value} |" for name, value in rows)]
+    return "\n".join(lines) + "\n"
+
+
+TABLES = {
+    "results": results_table,
+    "seeds": seeds_table,
+    "groups": groups_table,
+    "benchmark": benchmark_table,
+}
 
 
 def marker(name: str) -> str:
