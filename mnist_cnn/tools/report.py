@@ -31,7 +31,7 @@ from mnist_cnn.tools.compare import COMMITTED_PARAMS, seed_groups, short_label, 
 PAGES = {
     "README.md": ["results"],
     "docs/results.md": ["results", "seeds", "groups"],
-    "docs/benchmark.md": ["benchmark"],
+    "docs/benchmark.md": ["benchmark", "turns"],
 }
 Reader = Callable[[Path], str]
 
@@ -170,11 +170,42 @@ def benchmark_table(read: Reader) -> str:
     return "\n".join(lines) + "\n"
 
 
+TURNS = Path("docs/repro-turns.json")  # what tools/turns.py writes
+
+
+def turns_table(read: Reader) -> str:
+    """`dvc repro --force` of two commits timed in turns: medians per stage, the ratio."""
+    try:
+        timed = json.loads(read(TURNS))
+    except FileNotFoundError:
+        return "`python -m mnist_cnn.tools.turns` has not written `docs/repro-turns.json` yet.\n"
+    old, new = timed["medians"]["old"], timed["medians"]["new"]
+    revs = {side: rev[:7] for side, rev in timed["revs"].items()}
+    counts = {side: sum(turn["side"] == side for turn in timed["turns"]) for side in revs}
+    machine = timed["machine"]
+    lines = [
+        f"{timed['date']}, {machine['cpu']} ({machine['cpu_flags']}), {machine['cpus']} CPUs; "
+        f"medians of {counts['old']} and {counts['new']} runs, taken in turns:",
+        "",
+        f"| stage | old `{revs['old']}` (s) | new `{revs['new']}` (s) | new / old |",
+        "|---|---|---|---|",
+    ]
+    stages = [stage for stage in dict.fromkeys([*old, *new]) if stage != "total"]
+    for stage in [*stages, "total"]:
+        before, after = old.get(stage), new.get(stage)
+        ratio = f"{after / before:.2f}" if before and after is not None else "–"
+        cells = [f"{value:.0f}" if value is not None else "–" for value in (before, after)]
+        name = f"**{stage}**" if stage == "total" else f"`{stage}`"
+        lines.append(f"| {name} | {cells[0]} | {cells[1]} | {ratio} |")
+    return "\n".join(lines) + "\n"
+
+
 TABLES = {
     "results": results_table,
     "seeds": seeds_table,
     "groups": groups_table,
     "benchmark": benchmark_table,
+    "turns": turns_table,
 }
 
 
