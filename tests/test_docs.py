@@ -268,3 +268,25 @@ def test_measured_figures_are_recognised(text):
 )
 def test_sizes_are_not_taken_for_measurements(text):
     assert not MEASUREMENT.search(text)
+
+
+@pytest.mark.committed_results
+def test_predicts_example_output_was_recorded_with_the_committed_models():
+    """docs/predict.md shows real output; it names the models (md5 prefixes) it came from,
+    which must be the committed ones: a new committed run fails this until the example
+    is recorded again (`mnist-cnn-predict` on the files in examples/)."""
+    from mnist_cnn.tools.check_results import committed_text
+
+    page = committed_text(Path("docs/predict.md"), PROJECT_ROOT)
+    named = dict(re.findall(r"(Fashion-MNIST|MNIST)\s+`([0-9a-f]{7})…`", page))
+    lock = yaml.safe_load(committed_text(Path("dvc.lock"), PROJECT_ROOT))
+    models = {
+        out["path"]: out["md5"][:7]
+        for stage in lock["stages"].values()
+        for out in stage.get("outs", [])
+        if out["path"].startswith("models/")
+    }
+    assert named == {
+        "MNIST": models["models/mnist.keras"],
+        "Fashion-MNIST": models["models/fashion_mnist.keras"],
+    }
