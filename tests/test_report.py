@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from mnist_cnn.tools.report import (
     benchmark_table,
     groups_table,
     marker,
+    paired_table,
     render,
 )
 from tests.conftest import PROJECT_ROOT
@@ -159,3 +161,20 @@ def test_the_benchmark_table_reads_the_file_bench_writes():
     from mnist_cnn.tools.bench import RESULT_FILE
 
     assert BENCHMARK == RESULT_FILE
+
+
+def test_paired_table_differences_on_the_seeds_both_groups_ran():
+    files = fake_files()
+    study = pd.read_csv(io.StringIO(files[SEED_STUDY]))
+    other = study[study["group"] == COMMITTED_PARAMS].copy()
+    other = other[other["seed"] != 3].assign(
+        group="train.epochs=5", val_accuracy=other["val_accuracy"] - 0.001
+    )
+    other.loc[other["seed"] == 2, "test_accuracy"] += 0.002
+    other = pd.concat([other, other.iloc[:1].assign(seed=9)])  # no committed seed 9
+    files[SEED_STUDY] = pd.concat([study, other]).to_csv(index=False)
+    table = paired_table(lambda path: files[Path(path)])
+    row = next(line for line in table.splitlines() if "| epochs=5 | MNIST |" in line)
+    assert "| 1, 2 |" in row  # seed 9 has no partner; seed 3 was not run
+    assert "-0.10, -0.10 → **-0.10** ± 0.00" in row
+    assert "+0.00, +0.20 → **+0.10** ± 0.14" in row

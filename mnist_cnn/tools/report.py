@@ -30,7 +30,7 @@ from mnist_cnn.tools.compare import COMMITTED_PARAMS, seed_groups, short_label, 
 
 PAGES = {
     "README.md": ["results"],
-    "docs/results.md": ["results", "seeds", "groups"],
+    "docs/results.md": ["results", "seeds", "groups", "paired"],
     "docs/benchmark.md": ["benchmark", "turns"],
 }
 Reader = Callable[[Path], str]
@@ -114,6 +114,39 @@ def groups_table(read: Reader) -> str:
         lines.append(
             f"| {short_label(row['group'])} | {DATASETS[row['dataset']].title} | "
             f"{seeds[row['group'], row['dataset']]} | " + " | ".join(spreads) + " |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def paired_table(read: Reader) -> str:
+    """Each other group against the committed params on the seeds both ran (the same
+    seed draws the same validation split): per seed the difference in points (group minus
+    committed), and its mean ± std — how a recipe change is judged."""
+    study = pd.read_csv(io.StringIO(read(SEED_STUDY)))
+    committed = study[study["group"] == COMMITTED_PARAMS].set_index(["dataset", "seed"])
+    lines = [
+        "| params (besides seed) | dataset | seeds | validation: group − committed (points) "
+        "| test: group − committed |",
+        "|---|---|---|---|---|",
+    ]
+    others = study[study["group"] != COMMITTED_PARAMS]
+    for (group, key), rows in others.groupby(["group", "dataset"], sort=True):
+        rows = rows[[(key, seed) in committed.index for seed in rows["seed"]]]
+        if rows.empty:
+            continue
+        rows = rows.sort_values("seed")
+        cells = []
+        for column in ("val_accuracy", "test_accuracy"):
+            base = [committed.loc[(key, seed), column] for seed in rows["seed"]]
+            points = [100 * (own - other) for own, other in zip(rows[column], base, strict=True)]
+            spread = f" ± {statistics.stdev(points):.2f}" if len(points) > 1 else ""
+            listed = ", ".join(f"{value:+.2f}" for value in points)
+            cells.append(f"{listed} → **{statistics.mean(points):+.2f}**{spread}")
+        seeds = ", ".join(str(seed) for seed in rows["seed"])
+        lines.append(
+            f"| {short_label(group)} | {DATASETS[key].title} | {seeds} | "
+            + " | ".join(cells)
+            + " |"
         )
     return "\n".join(lines) + "\n"
 
@@ -204,6 +237,7 @@ TABLES = {
     "results": results_table,
     "seeds": seeds_table,
     "groups": groups_table,
+    "paired": paired_table,
     "benchmark": benchmark_table,
     "turns": turns_table,
 }
