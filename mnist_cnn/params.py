@@ -561,13 +561,25 @@ def hand_edits(path: Path, wanted: str, dataset: str, lock: Path = LOCK_FILE) ->
     ]
     lines += [f"  -S datasets.{dataset}.{key}={json.dumps(value)}" for key, value in changes]
     lines.append(
-        f"Nothing was run. Undo the edit with `git checkout -- {path}` (or `make restore`)."
+        "Nothing was run. Undo the edit with `make restore` (it keeps the edit in git's stash)."
     )
     return lines
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] == ["--reference"]:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m mnist_cnn.params",
+        description="Check params.yaml and write data/params/<dataset>.yaml (the "
+        "check_params stage).",
+    )
+    parser.add_argument(
+        "--reference",
+        action="store_true",
+        help="print docs/parameters.md's table of every key instead, and write nothing",
+    )
+    if parser.parse_args().reference:
         print(reference_table(yaml.safe_load(PARAMS_FILE.read_text())), end="")
         sys.exit(0)
     sys.exit(main())

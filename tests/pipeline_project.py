@@ -105,7 +105,18 @@ def read_metrics(project: Path) -> dict[str, dict]:
     return {key: json.loads((project / "metrics" / f"{key}.json").read_text()) for key in DATASETS}
 
 
+def make_git_compare_contents(project: Path) -> None:
+    """Fresh mtimes for every tracked file, so git hashes them: a failed `dvc exp run` can
+    leave an edit whose size and mtime git's index caches for HEAD's blob, and then
+    `git status` and `git reset --hard` both skip it (see mnist_cnn/tools/restore.py)."""
+    for path in run(["git", "ls-files", "-z"], project).split("\0"):
+        if path and (project / path).is_file():
+            os.utime(project / path)
+
+
 def git_status(project: Path) -> str:
+    """`git status --porcelain`, by content."""
+    make_git_compare_contents(project)
     return run(["git", "status", "--porcelain"], project)
 
 
@@ -154,6 +165,7 @@ def first_run(project) -> dict:
 
 def reset_to_first_run(project: Path, first_run: dict) -> None:
     """The workspace exactly as the first run committed it: git files and DVC outputs."""
+    make_git_compare_contents(project)
     run(["git", "reset", "-q", "--hard", first_run["commit"]], project)
     run(["git", "clean", "-qfd"], project)
     dvc(project, "checkout", "--force")

@@ -266,7 +266,7 @@ def test_check_stage_refuses_a_hand_edit_of_an_effective_file(
     err = capsys.readouterr().err
     assert "data/params/mnist.yaml was edited" in err
     assert "  -S datasets.mnist.train.epochs=2" in err.splitlines()[1]
-    assert "git checkout -- data/params/mnist.yaml" in err
+    assert "Undo the edit with `make restore`" in err
     assert yaml.safe_load(effective.read_text())["train"]["epochs"] == 2  # nothing lost
 
     # After a params.yaml change the stage rewrites a file it wrote itself.

@@ -448,7 +448,7 @@ def test_kill_during_training_then_repro_completes(project, first_run, tmp_path)
             if "Epoch 2/100" in log.read_text():
                 break
             time.sleep(0.2)
-        assert process.poll() is None, "training ended before it could be interrupted"
+        assert process.poll() is None, f"training ended before it was killed:\n{log.read_text()}"
         assert time.monotonic() < deadline, f"no epoch finished within 150 s:\n{log.read_text()}"
     finally:
         os.killpg(process.pid, signal.SIGKILL)

@@ -66,6 +66,23 @@ def interrupted_training_files() -> set[str]:
     return leftovers
 
 
+def make_git_compare_contents(paths: list[str]) -> None:
+    """Give every tracked file under `paths` a fresh mtime, so that git hashes it again
+    instead of trusting the size and mtime its index cached.
+
+    A `dvc exp run -S data/params/<ds>.yaml:...` that check_params refuses (DVC 3.67) can
+    leave the edited file on disk while git's index holds HEAD's blob with the edited
+    file's size and mtime (the edit keeps the length: `epochs: 1` -> `epochs: 2`). Both
+    `git status` and `git checkout HEAD -- <path>` then skip the file as unchanged, and
+    the edit would survive the restore. Whether it happens depends on which second the
+    index was written in, so the check has to be by content every time.
+    """
+    tracked = run("git", "ls-files", "-z", "--", *paths).stdout.split("\0")
+    for path in filter(None, tracked):
+        if os.path.isfile(path):
+            os.utime(path)
+
+
 def stash_edits() -> str | None:
     """Put uncommitted edits of params.yaml (and data/params/) into git's stash, which
     also reverts them; the stash entry's message, or None when nothing was edited."""
@@ -110,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def restore(discard: bool = False) -> None:
+    make_git_compare_contents(GIT_TRACKED_RESULTS)
     status = json.loads(run("dvc", "status", "--json").stdout or "{}")
     leftovers = interrupted_training_files()
     # Edits of data/params/ are stashed below, with params.yaml's; leftovers are dropped.
