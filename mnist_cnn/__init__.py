@@ -11,7 +11,7 @@ modules:
   model, layers   the CNN built from params (with a fused batch-norm), save without timestamps
   input_pipeline  tf.data pipelines with stateless augmentation
   runtime         precision, tf.distribute strategy, the environment a run records
-  training        determinism, callbacks, the per-epoch history table
+  training        determinism, callbacks, choosing the epoch to keep
   evaluation      test metrics and loading trained models
   figures         matplotlib PNGs
 The tools around the pipeline (predict, compare, bench, ...; no stage imports them) are in

