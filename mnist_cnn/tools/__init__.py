@@ -7,4 +7,5 @@ report          the generated tables of README and docs (`python -m mnist_cnn.to
 bench           speed and accuracy against time, beside the keras.io peer (`mnist-cnn-bench`)
 peer            the keras.io convnet, run as its users run it (the benchmark's peer)
 restore         `make restore`: results and params back as committed after a failed run
+turns           two commits' `dvc repro --force`, timed in turns, per stage
 """

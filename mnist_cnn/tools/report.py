@@ -2,12 +2,13 @@
 
     python -m mnist_cnn.tools.report           # rewrite the generated blocks from metrics/
     python -m mnist_cnn.tools.report --check   # exit 1 if a page differs from what it would write
-    python -m mnist_cnn.tools.report seeds     # print one table (results, seeds, groups)
+    python -m mnist_cnn.tools.report seeds     # print one table (the names: TABLES below)
 
 Each table sits between `<!-- generated: python -m mnist_cnn.tools.report NAME -->` and
 `<!-- end generated -->`; everything else on the pages is hand-written. The numbers come
 from metrics/<ds>.json, dvclive/<ds>/metrics.json, metrics/seed_study.csv and
-docs/benchmark.json (`make bench`), so a table cannot drift from the run it describes (tests/test_report.py compares the pages with the
+docs/benchmark.json (`make bench`) and docs/repro-turns.json (`turns`), so a table cannot
+drift from the run it describes (tests/test_report.py compares the pages with the
 committed files).
 """
 
