@@ -27,8 +27,16 @@ GZ = {name: gzip.compress(data, mtime=0) for name, data in CONTENT.items()}
 BOMB = gzip.compress(bytes(64 << 20), compresslevel=9, mtime=0)  # ~64 KiB on disk
 HUGE = 256 << 20  # what the oversized faults would send in full: 256 MiB
 CHUNK = 1 << 16
-TIMEOUT = 0.5  # client connect/read timeout in these tests (seconds)
-STALL = 3.0  # how long the stalling server waits: well past TIMEOUT, still bounded
+# Client connect/read timeouts (seconds). Only the stall fault is about timing out, and a
+# loaded machine can only make it time out sooner; every other fault gets a timeout no
+# busy CPU reaches (serving `toolong` builds a 256 MiB body before the first byte).
+TIMEOUT = 10.0
+STALL_TIMEOUT = 0.5
+STALL = 3.0  # how long the stalling server waits: well past STALL_TIMEOUT, still bounded
+
+
+def timeout_for(fault: str) -> float:
+    return STALL_TIMEOUT if fault == "stall" else TIMEOUT
 
 
 class FaultyHandler(http.server.BaseHTTPRequestHandler):
@@ -176,7 +184,11 @@ def test_fault_falls_back_to_next_mirror(tmp_path, spec, server, fault, capsys):
     raw = tmp_path / "raw"
     started = time.monotonic()
     used = fetch_dataset(
-        spec, [mirror(base, fault), mirror(base, "ok")], raw / "toy", timeout=TIMEOUT, retries=1
+        spec,
+        [mirror(base, fault), mirror(base, "ok")],
+        raw / "toy",
+        timeout=timeout_for(fault),
+        retries=1,
     )
     assert set(used.values()) == {"mirror ok"}
     assert leftovers(raw) == ["toy"] and leftovers(raw / "toy") == sorted(CONTENT)
@@ -191,7 +203,9 @@ def test_fault_alone_fails_cleanly_then_healthy_run_succeeds(tmp_path, spec, ser
     _, base = server
     raw = tmp_path / "raw"
     with pytest.raises(DownloadError) as error:
-        fetch_dataset(spec, [mirror(base, fault)], raw / "toy", timeout=TIMEOUT, retries=1)
+        fetch_dataset(
+            spec, [mirror(base, fault)], raw / "toy", timeout=timeout_for(fault), retries=1
+        )
     message = str(error.value)
     assert "no verified copy of train-images-idx3-ubyte.gz" in message
     assert f"mirror {fault}: " in message
