@@ -29,8 +29,8 @@ repro: setup          ## run the whole pipeline (both datasets)
 	dvc metrics show
 
 # Test modules run in parallel, one worker per CPU (at most 4: each loads TensorFlow, and
-# two modules hold most of the time), each module whole on one worker (its tiny pipeline
-# is built once). PYTEST_WORKERS=0 runs them in this process, one by one.
+# two modules hold most of the time), each module whole on one worker (the tiny pipeline
+# is built once per session). PYTEST_WORKERS=0 runs them in this process, one by one.
 PYTEST_WORKERS ?= logical
 PYTEST_PARALLEL := -n $(PYTEST_WORKERS) --maxprocesses 4 --dist loadfile --no-loadscope-reorder
 

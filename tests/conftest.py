@@ -205,19 +205,27 @@ def stop_processes_under(root: Path, grace: float = 30.0) -> list[str]:
 # Skips CI accepts (and the hooks that fail a CI run on any other): tests/skip_policy.py.
 from tests.skip_policy import pytest_runtest_logreport, pytest_sessionfinish  # noqa: E402, F401
 
-# The tiny project that tests/test_pipeline.py and tests/test_experiments.py drive (each
-# module builds its own, so the two can run in parallel workers).
+# The tiny project that tests/test_pipeline.py and tests/test_experiments.py drive (built
+# once per session; each module works in its own copy, so the two can run in parallel).
 pytest_plugins = ["tests.pipeline_project"]
 
 
+# The order modules start in under `make test` (pytest-xdist hands out whole modules, in
+# collection order, to whichever worker is free). The longest module first: it builds the
+# session's tiny project (tests/pipeline_project.py) while the other worker runs the
+# training-mode tests, which need no project; then the other module that uses the project,
+# by then built; then the rest, integration before unit tests, the short ones last to fill
+# the gaps. Per-module times: `pytest --durations=0`.
+FIRST_MODULES = ("test_experiments.py", "test_training_modes.py", "test_pipeline.py")
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The modules that build a tiny pipeline first, then the other integration tests
-    (a stable sort: the order within each stays), so that under `make test` (pytest-xdist,
-    whole modules per worker) the longest modules start at once on two workers."""
+    """Sort the tests into FIRST_MODULES' order (a stable sort: within a module the order
+    stays)."""
 
     def rank(item: pytest.Item) -> int:
-        if "project" in getattr(item, "fixturenames", ()):
-            return 0
-        return 1 if item.get_closest_marker("integration") else 2
+        if item.path.name in FIRST_MODULES:
+            return FIRST_MODULES.index(item.path.name)
+        return len(FIRST_MODULES) + (0 if item.get_closest_marker("integration") else 1)
 
     items.sort(key=rank)

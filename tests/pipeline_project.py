@@ -2,10 +2,12 @@
 
 The project is copied into a fresh git repository; params.yaml there keeps every default
 except a class-balanced subset of the data and one short epoch, so the code path is the
-one full runs take. The first `dvc repro` is committed once per test module (each module
-builds its own project, so the modules can run in parallel workers); before every test
-the workspace is put back to that commit (git and DVC), so each test passes alone and in
-any order. After every test no process may still run in the project.
+one full runs take. Its first `dvc repro` is run and committed once per pytest session:
+under pytest-xdist the first worker to need it builds it while the others wait on a file
+lock. Each test module then works in its own copy (git repository and DVC cache), so the
+modules can run in parallel workers; before every test the copy is put back to that
+commit (git and DVC), so each test passes alone and in any order. After every test no
+process may still run in the project.
 
 Registered as a pytest plugin in tests/conftest.py; a module uses it with
 `pytest.mark.usefixtures("committed_workspace")`.
@@ -13,6 +15,7 @@ Registered as a pytest plugin in tests/conftest.py; a module uses it with
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -23,6 +26,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from filelock import FileLock
 
 from mnist_cnn.datasets import DATASETS
 from mnist_cnn.params import deep_merge
@@ -130,9 +134,9 @@ def lock_outputs(project: Path) -> dict[str, str]:
     }
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("pipeline")
+def build_tiny_project(root: Path) -> dict:
+    """Create the tiny project in `root`, run and commit its first `dvc repro`; return what
+    the tests compare against (the run's output, metrics, output hashes and commit)."""
     for name in PROJECT_FILES:
         source, target = PROJECT_ROOT / name, root / name
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -146,21 +150,59 @@ def project(tmp_path_factory) -> Path:
     run(["git", "init", "-q"], root)
     run(["git", "add", "-A"], root)
     run(["git", "commit", "-qm", "tiny pipeline"], root)
+    output = dvc(root, "repro")
+    run(["git", "add", "-A"], root)
+    run(["git", "commit", "-qm", "first run"], root)
+    return {
+        "output": output,
+        "metrics": read_metrics(root),
+        "lock_outputs": lock_outputs(root),
+        "commit": run(["git", "rev-parse", "HEAD"], root).strip(),
+    }
+
+
+@pytest.fixture(scope="session")
+def built_project(tmp_path_factory) -> tuple[Path, dict]:
+    """The tiny project after its first run, built once per session: (folder, first-run
+    facts). Read-only: tests work in a module's copy (the `project` fixture)."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:  # one process: nobody to share with
+        root = tmp_path_factory.mktemp("tiny-project")
+        return root, build_tiny_project(root)
+    # pytest-xdist's workers share the parent of their temporary folders.
+    shared = tmp_path_factory.getbasetemp().parent
+    root, facts = shared / "tiny-project", shared / "tiny-project.json"
+    with FileLock(shared / "tiny-project.lock"):
+        if not facts.exists():
+            shutil.rmtree(root, ignore_errors=True)  # a worker's failed build, if any
+            root.mkdir()
+            try:
+                built = build_tiny_project(root)
+            finally:
+                stop_processes_under(root)
+            # Written last: its presence means the build finished.
+            facts.write_text(json.dumps(built))
+    return root, json.loads(facts.read_text())
+
+
+@pytest.fixture(scope="module")
+def project(built_project, tmp_path_factory) -> Path:
+    """This module's own copy of the built project, without .dvc/tmp (DVC's locks and
+    run records, which belong to the folder they were made in)."""
+    root = tmp_path_factory.mktemp("pipeline")
+    shutil.copytree(
+        built_project[0],
+        root,
+        symlinks=True,
+        dirs_exist_ok=True,
+        ignore=lambda folder, names: ["tmp"] if Path(folder).name == ".dvc" else [],
+    )
     yield root
     stop_processes_under(root)
 
 
 @pytest.fixture(scope="module")
-def first_run(project) -> dict:
-    output = dvc(project, "repro")
-    run(["git", "add", "-A"], project)
-    run(["git", "commit", "-qm", "first run"], project)
-    return {
-        "output": output,
-        "metrics": read_metrics(project),
-        "lock_outputs": lock_outputs(project),
-        "commit": run(["git", "rev-parse", "HEAD"], project).strip(),
-    }
+def first_run(project, built_project) -> dict:
+    return copy.deepcopy(built_project[1])
 
 
 def reset_to_first_run(project: Path, first_run: dict) -> None:

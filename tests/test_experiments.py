@@ -50,7 +50,7 @@ from tests.pipeline_project import (
     workspace_row,
 )
 
-# The first test also waits for the module's tiny project to be built and run (beside
+# The first test also waits for the session's tiny project to be built and run (beside
 # another worker's training under `make test`): more than pyproject.toml's 300 s allows.
 pytestmark = [
     pytest.mark.integration,
