@@ -215,7 +215,8 @@ pytest_plugins = ["tests.pipeline_project"]
 # session's tiny project (tests/pipeline_project.py) while the other worker runs the
 # training-mode tests, which need no project; then the other module that uses the project,
 # by then built; then the rest, integration before unit tests, the short ones last to fill
-# the gaps. Per-module times: `pytest --durations=0`.
+# the gaps. Tuned for two workers (a third would wait for the build with the second
+# pipeline module). Per-module times: `pytest --durations=0`.
 FIRST_MODULES = ("test_experiments.py", "test_training_modes.py", "test_pipeline.py")
 
 

@@ -134,9 +134,8 @@ def lock_outputs(project: Path) -> dict[str, str]:
     }
 
 
-def build_tiny_project(root: Path) -> dict:
-    """Create the tiny project in `root`, run and commit its first `dvc repro`; return what
-    the tests compare against (the run's output, metrics, output hashes and commit)."""
+def new_tiny_project(root: Path) -> Path:
+    """Create the tiny project in `root`: the pipeline's files, tiny params, one commit."""
     for name in PROJECT_FILES:
         source, target = PROJECT_ROOT / name, root / name
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -150,9 +149,19 @@ def build_tiny_project(root: Path) -> dict:
     run(["git", "init", "-q"], root)
     run(["git", "add", "-A"], root)
     run(["git", "commit", "-qm", "tiny pipeline"], root)
-    output = dvc(root, "repro")
-    run(["git", "add", "-A"], root)
-    run(["git", "commit", "-qm", "first run"], root)
+    return root
+
+
+def build_tiny_project(root: Path) -> dict:
+    """Create the tiny project in `root`, run and commit its first `dvc repro`; return what
+    the tests compare against (the run's output, metrics, output hashes and commit)."""
+    try:
+        new_tiny_project(root)
+        output = dvc(root, "repro")
+        run(["git", "add", "-A"], root)
+        run(["git", "commit", "-qm", "first run"], root)
+    finally:
+        stop_processes_under(root)
     return {
         "output": output,
         "metrics": read_metrics(root),
@@ -162,25 +171,31 @@ def build_tiny_project(root: Path) -> dict:
 
 
 @pytest.fixture(scope="session")
-def built_project(tmp_path_factory) -> tuple[Path, dict]:
+def built_project(request, tmp_path_factory) -> tuple[Path, dict]:
     """The tiny project after its first run, built once per session: (folder, first-run
     facts). Read-only: tests work in a module's copy (the `project` fixture)."""
-    if "PYTEST_XDIST_WORKER" not in os.environ:  # one process: nobody to share with
+    if not hasattr(request.config, "workerinput"):  # not an xdist worker: nobody to share with
         root = tmp_path_factory.mktemp("tiny-project")
         return root, build_tiny_project(root)
-    # pytest-xdist's workers share the parent of their temporary folders.
+    # pytest-xdist's workers share the parent of their temporary folders (one per session).
     shared = tmp_path_factory.getbasetemp().parent
-    root, facts = shared / "tiny-project", shared / "tiny-project.json"
+    root, facts, failed = (shared / name for name in ("tiny-project", "built.json", "failed.txt"))
     with FileLock(shared / "tiny-project.lock"):
+        if failed.exists():  # no second try: the other workers' tests fail at once
+            pytest.fail(
+                f"building the tiny project failed in another worker:\n{failed.read_text()}"
+            )
         if not facts.exists():
-            shutil.rmtree(root, ignore_errors=True)  # a worker's failed build, if any
             root.mkdir()
             try:
                 built = build_tiny_project(root)
-            finally:
-                stop_processes_under(root)
-            # Written last: its presence means the build finished.
-            facts.write_text(json.dumps(built))
+            except BaseException as error:  # also pytest's own failures and timeouts
+                failed.write_text(f"{type(error).__name__}: {error}"[-6000:])
+                raise
+            # Its presence means the build finished: written whole, then renamed.
+            partial = facts.with_suffix(".partial")
+            partial.write_text(json.dumps(built))
+            partial.replace(facts)
     return root, json.loads(facts.read_text())
 
 

@@ -10,7 +10,8 @@ import pytest
 
 from mnist_cnn.tools.report import TURNS, turns_table
 from mnist_cnn.tools.turns import RESULT_FILE, medians, stage_seconds
-from tests.pipeline_project import run
+from tests.conftest import stop_processes_under
+from tests.pipeline_project import new_tiny_project, run
 
 
 def test_each_stage_lasts_until_the_next_one_starts():
@@ -61,10 +62,18 @@ def test_the_table_shows_both_sides_per_stage_and_says_when_nothing_was_timed():
     assert TURNS == RESULT_FILE
 
 
+@pytest.fixture
+def unrun_project(tmp_path):
+    project = new_tiny_project(tmp_path / "project")
+    yield project
+    stop_processes_under(project)
+
+
 @pytest.mark.integration
-def test_turns_times_two_commits_of_a_real_project(project, tmp_path):
+def test_turns_times_two_commits_of_a_real_project(unrun_project):
     """On the tiny project (not run: only the gate stage is forced), two commits run
     old, new, old, new in worktrees of their own, which are gone afterwards."""
+    project, tmp_path = unrun_project, unrun_project.parent
     params = project / "params.yaml"
     params.write_text(params.read_text() + "# a second commit\n")
     run(["git", "commit", "-qam", "second"], project)
