@@ -17,6 +17,7 @@ import yaml
 
 from mnist_cnn.tools.compare import (
     COMMITTED_PARAMS,
+    carried_from_baseline,
     comparison_table,
     merge_seed_runs,
     named_like,
@@ -291,6 +292,26 @@ def test_named_like_keeps_the_matching_experiments_and_the_baseline(seed_sweep):
     assert [
         row for row in named_like(seed_sweep, "nothing-*") if row.get("typ") != "baseline"
     ] == []
+
+
+def test_a_dataset_carried_from_the_baseline_is_not_a_run_of_the_experiment():
+    def train_stage(seed: int, model_md5: str) -> dict:
+        return {
+            "params": {"params.yaml": {"seed": seed}},
+            "outs": [{"path": "models/mnist.keras", "md5": model_md5}],
+        }
+
+    baseline = {"stages": {"train@mnist": train_stage(42, "aaa"), "train@fashion_mnist": {}}}
+    # `dvc exp run evaluate@fashion_mnist` at the baseline's seed: MNIST's stage is the baseline's.
+    carried = {"stages": {"train@mnist": train_stage(42, "aaa")}}
+    assert carried_from_baseline(carried, baseline, "mnist")
+    retrained = {"stages": {"train@mnist": train_stage(42, "bbb")}}  # same params, new weights
+    assert not carried_from_baseline(retrained, baseline, "mnist")
+    assert not carried_from_baseline(
+        {"stages": {"train@mnist": train_stage(1, "aaa")}}, baseline, "mnist"
+    )
+    assert not carried_from_baseline({}, baseline, "mnist")  # no dvc.lock: nothing carried
+    assert not carried_from_baseline(carried, {}, "mnist")
 
 
 def test_trained_with_own_params_reads_the_runs_lock_against_its_params_files():

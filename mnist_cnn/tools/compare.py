@@ -21,6 +21,8 @@ import fnmatch
 import functools
 import gc
 import json
+import shutil
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -149,6 +151,15 @@ def trained_with_own_params(lock: dict, dataset: str, params_file: Callable[[str
             ):
                 return False
     return True
+
+
+def carried_from_baseline(lock: dict, baseline_lock: dict, dataset: str) -> bool:
+    """Whether a run's dvc.lock holds the baseline commit's own train stage for the dataset
+    (same params, deps and outputs): an experiment that ran the other dataset's stages
+    only, with the baseline's seed, carries the baseline's run, which may come from
+    another machine and another session, and gives no row of its own."""
+    stage = lock.get("stages", {}).get(f"train@{dataset}")
+    return stage is not None and stage == baseline_lock.get("stages", {}).get(f"train@{dataset}")
 
 
 def named_like(rows: list[dict], pattern: str) -> list[dict]:
@@ -389,8 +400,21 @@ def main(argv: list[str] | None = None) -> int:
         # anew for every read (seconds over a study's experiments).
         return yaml12.load(committed_text(Path(path), rev=rev) or "") or {}
 
+    @functools.cache
+    def commit_of(rev: str) -> str:
+        return subprocess.run(
+            [shutil.which("git") or "git", "rev-parse", "--verify", f"{rev}^{{commit}}"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.strip()
+
     def trained(rev: str, key: str) -> bool:
         lock = committed_yaml("dvc.lock", rev)
+        if commit_of(rev) != commit_of(args.rev) and carried_from_baseline(
+            lock, committed_yaml("dvc.lock", args.rev), key
+        ):
+            return False
         return trained_with_own_params(lock, key, lambda path: committed_yaml(path, rev))
 
     rows = dvc.api.exp_show(revs=args.rev, force=True)
