@@ -216,8 +216,8 @@ def project(built_project, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def first_run(project, built_project) -> dict:
-    return copy.deepcopy(built_project[1])
+def first_run(built_project) -> dict:
+    return copy.deepcopy(built_project[1])  # a module's own: tests may not change the shared one
 
 
 def reset_to_first_run(project: Path, first_run: dict) -> None:

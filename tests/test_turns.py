@@ -70,10 +70,10 @@ def unrun_project(tmp_path):
 
 
 @pytest.mark.integration
-def test_turns_times_two_commits_of_a_real_project(unrun_project):
+def test_turns_times_two_commits_of_a_real_project(unrun_project, tmp_path):
     """On the tiny project (not run: only the gate stage is forced), two commits run
     old, new, old, new in worktrees of their own, which are gone afterwards."""
-    project, tmp_path = unrun_project, unrun_project.parent
+    project = unrun_project
     params = project / "params.yaml"
     params.write_text(params.read_text() + "# a second commit\n")
     run(["git", "commit", "-qam", "second"], project)

@@ -21,8 +21,6 @@ import fnmatch
 import functools
 import gc
 import json
-import shutil
-import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -400,26 +398,19 @@ def main(argv: list[str] | None = None) -> int:
         # anew for every read (seconds over a study's experiments).
         return yaml12.load(committed_text(Path(path), rev=rev) or "") or {}
 
-    @functools.cache
-    def commit_of(rev: str) -> str:
-        return subprocess.run(
-            [shutil.which("git") or "git", "rev-parse", "--verify", f"{rev}^{{commit}}"],
-            capture_output=True,
-            text=True,
-            check=False,
-        ).stdout.strip()
+    rows = dvc.api.exp_show(revs=args.rev, force=True)
+    if args.experiments:
+        rows = named_like(rows, args.experiments)
+    baseline_rev = baseline_row(rows).get("rev")
 
     def trained(rev: str, key: str) -> bool:
         lock = committed_yaml("dvc.lock", rev)
-        if commit_of(rev) != commit_of(args.rev) and carried_from_baseline(
-            lock, committed_yaml("dvc.lock", args.rev), key
+        if rev != baseline_rev and carried_from_baseline(
+            lock, committed_yaml("dvc.lock", baseline_rev), key
         ):
             return False
         return trained_with_own_params(lock, key, lambda path: committed_yaml(path, rev))
 
-    rows = dvc.api.exp_show(revs=args.rev, force=True)
-    if args.experiments:
-        rows = named_like(rows, args.experiments)
     sections = list(yaml.safe_load(Path("params.yaml").read_text()))
     table = comparison_table(rows, sections)
     if table.empty:
