@@ -202,6 +202,13 @@ def test_seed_runs_name_the_cpu_from_each_runs_training_summary(seed_sweep, sect
     assert seed_runs(seed_sweep, sections)["cpu"].isna().all()
 
 
+def test_seed_runs_size_each_runs_model(seed_sweep, sections):
+    """The model's forward MFLOP per image, asked per run and dataset, sizes its training."""
+    runs = seed_runs(seed_sweep, sections, forward_mflop_of=lambda rev, key: len(key) * 1.5)
+    assert (runs["forward_mflop"] == runs["dataset"].str.len() * 1.5).all()
+    assert seed_runs(seed_sweep, sections)["forward_mflop"].isna().all()
+
+
 def test_spread_picture_with_groups(seed_sweep, sections, tmp_path):
     """Two groups on each dataset: a shared rate beside the committed params."""
     shared = {"train.learning_rate": 0.003}

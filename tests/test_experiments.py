@@ -24,7 +24,10 @@ import pytest
 import yaml
 
 from mnist_cnn.artifacts import read_training_history
-from mnist_cnn.datasets import DATASETS
+from mnist_cnn.datasets import DATASETS, IMAGE_SHAPE, NUM_CLASSES
+from mnist_cnn.model import build_model
+from mnist_cnn.params import ModelParams
+from mnist_cnn.tools.bench import forward_flops
 from tests.conftest import (
     committed_params,
     drawn_png,
@@ -434,3 +437,12 @@ def test_compare_command_reads_real_experiments(project, rate_experiment, tmp_pa
     rate = runs[runs["group"] == "train.learning_rate=0.003"]
     assert sorted(rate["dataset"]) == sorted(DATASETS) and set(rate["seed"]) == {42}
     assert rate["cpu"].notna().all()
+    # The model's size, from the run's own data/params/<ds>.yaml: the training cost.
+    for key, mflop in zip(rate["dataset"], rate["forward_mflop"], strict=True):
+        model_params = ModelParams(
+            **yaml.safe_load(project.joinpath(f"data/params/{key}.yaml").read_text())["train"][
+                "model"
+            ]
+        )
+        model = build_model(model_params, (*IMAGE_SHAPE, 1), NUM_CLASSES)
+        assert mflop == round(forward_flops(model) / 1e6, 2) > 0

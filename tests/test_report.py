@@ -41,9 +41,20 @@ def fake_files() -> dict[Path, str]:
                     "test_accuracy": base + shift,
                     "val_accuracy": base - 0.001 + shift,
                     "cpu": "AMD EPYC",
+                    "epochs_run": 20 + seed,
+                    "forward_mflop": 30.0,
                 }
             )
-    rows.append({**rows[0], "group": "train.epochs=1", "test_accuracy": 0.5})  # not counted
+    # Not counted in the committed run's band; half the FLOPs per image, 1 epoch.
+    rows.append(
+        {
+            **rows[0],
+            "group": "train.epochs=1",
+            "test_accuracy": 0.5,
+            "epochs_run": 1,
+            "forward_mflop": 15.0,
+        }
+    )
     files[SEED_STUDY] = pd.DataFrame(rows).to_csv(index=False)
     return files
 
@@ -63,8 +74,17 @@ def test_blocks_are_replaced_and_the_rest_kept():
 def test_groups_table_has_every_group_and_its_seeds():
     files = fake_files()
     table = groups_table(lambda path: files[Path(path)])
-    assert "| committed params | MNIST | 1, 2, 3 | 99.66 ± 0.02 % (99.64–99.68) |" in table
-    assert "| epochs=1 | MNIST | 1 | 50.00 % (1 seed) |" in table
+    assert "| committed params | MNIST | 1, 2, 3 | 1.00 | 99.66 ± 0.02 % (99.64–99.68) |" in table
+    # Training cost: 15 MFLOP x 1 epoch against 30 MFLOP x 22 epochs on average.
+    assert f"| epochs=1 | MNIST | 1 | {15 / (30 * 22):.2f} | 50.00 % (1 seed) |" in table
+
+
+def test_groups_table_without_model_sizes_shows_no_cost():
+    files = fake_files()
+    study = pd.read_csv(io.StringIO(files[SEED_STUDY])).drop(columns="forward_mflop")
+    files[SEED_STUDY] = study.to_csv(index=False)
+    table = groups_table(lambda path: files[Path(path)])
+    assert "| committed params | MNIST | 1, 2, 3 | – | 99.66 ± 0.02 % (99.64–99.68) |" in table
 
 
 def test_missing_block_is_an_error():

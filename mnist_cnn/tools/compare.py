@@ -192,19 +192,21 @@ def seed_runs(
     sections: list[str],
     cpu_of: Callable[[str, str], str | None] | None = None,
     trained: Callable[[str, str], bool] | None = None,
+    forward_mflop_of: Callable[[str, str], float | None] | None = None,
 ) -> pd.DataFrame:
     """One row per finished experiment and dataset: its group, seed and results.
 
     A group is a set of params apart from the seed, per dataset (`group_label`). Each
-    (group, seed, dataset) counts once: an
-    experiment over the baseline commit's own run, which may come from another machine.
+    (group, seed, dataset) counts once, an experiment's run before the baseline commit's
+    own (which may come from another machine).
     Only finished runs count: queued, running and failed experiments are left out.
     `cpu_of(rev, dataset)` names the CPU a run trained on (exp show leaves the training
     summary's environment out: it is a list). `trained(rev, dataset)` says whether the
     dataset's model was trained with that run's own params (its train stage's params in
     the run's dvc.lock): an experiment that ran one dataset's stages only (`dvc exp run
     evaluate@<ds> -S seed=…`) carries the other dataset's earlier results, which are no
-    run of its params and give no row.
+    run of its params and give no row. `forward_mflop_of(rev, dataset)` sizes the run's
+    model (forward MFLOP per image): with `epochs_run`, what its training cost.
     """
     changed, baseline = changed_params(rows, sections), baseline_row(rows)
     records = []
@@ -232,6 +234,9 @@ def seed_runs(
                     "epochs_run": _value(row, training, "step"),
                     "selected_epoch": _value(row, training, "selected_epoch"),
                     "cpu": cpu_of(row["rev"], key) if cpu_of else None,
+                    "forward_mflop": forward_mflop_of(row["rev"], key)
+                    if forward_mflop_of
+                    else None,
                     "baseline": row.get("typ") == "baseline",
                 }
             )
@@ -411,12 +416,33 @@ def main(argv: list[str] | None = None) -> int:
             return False
         return trained_with_own_params(lock, key, lambda path: committed_yaml(path, rev))
 
+    @functools.cache
+    def mflop_of_model(model_json: str) -> float:
+        from mnist_cnn.datasets import IMAGE_SHAPE, NUM_CLASSES
+        from mnist_cnn.model import build_model
+        from mnist_cnn.params import ModelParams
+        from mnist_cnn.tools.bench import forward_flops
+
+        model_params = ModelParams(**json.loads(model_json))
+        model = build_model(model_params, (*IMAGE_SHAPE, 1), NUM_CLASSES)
+        return round(forward_flops(model) / 1e6, 2)
+
+    def forward_mflop_of(rev: str, key: str) -> float:
+        model_params = committed_yaml(f"data/params/{key}.yaml", rev)["train"]["model"]
+        return mflop_of_model(json.dumps(model_params, sort_keys=True))
+
     sections = list(yaml.safe_load(Path("params.yaml").read_text()))
     table = comparison_table(rows, sections)
     if table.empty:
         print("compare: no experiments found (run some with `dvc exp run`)", file=sys.stderr)
         return 1
-    runs = seed_runs(rows, sections, cpu_of if args.seed_runs else None, trained)
+    runs = seed_runs(
+        rows,
+        sections,
+        cpu_of if args.seed_runs else None,
+        trained,
+        forward_mflop_of if args.seed_runs else None,
+    )
     if args.experiments and not runs.empty:
         runs = runs[~runs["experiment"].str.startswith("baseline")].reset_index(drop=True)
     groups = seed_groups(runs) if not runs.empty else pd.DataFrame()
