@@ -160,6 +160,21 @@ def carried_from_baseline(lock: dict, baseline_lock: dict, dataset: str) -> bool
     return stage is not None and stage == baseline_lock.get("stages", {}).get(f"train@{dataset}")
 
 
+@functools.cache
+def forward_mflop(model_params_json: str) -> float:
+    """Forward MFLOP per image of the model `train.model` params (as JSON: one build per
+    distinct model over a study's runs) describe; TensorFlow is imported on first use."""
+    from mnist_cnn.datasets import IMAGE_SHAPE, NUM_CLASSES
+    from mnist_cnn.model import build_model
+    from mnist_cnn.params import ModelParams
+    from mnist_cnn.tools.bench import forward_flops
+
+    model = build_model(
+        ModelParams(**json.loads(model_params_json)), (*IMAGE_SHAPE, 1), NUM_CLASSES
+    )
+    return round(forward_flops(model) / 1e6, 2)
+
+
 def named_like(rows: list[dict], pattern: str) -> list[dict]:
     """The experiments whose name matches the glob `pattern`, and the baseline commit's
     row, which they are compared with (the workspace row stays for DVC's own use)."""
@@ -416,20 +431,9 @@ def main(argv: list[str] | None = None) -> int:
             return False
         return trained_with_own_params(lock, key, lambda path: committed_yaml(path, rev))
 
-    @functools.cache
-    def mflop_of_model(model_json: str) -> float:
-        from mnist_cnn.datasets import IMAGE_SHAPE, NUM_CLASSES
-        from mnist_cnn.model import build_model
-        from mnist_cnn.params import ModelParams
-        from mnist_cnn.tools.bench import forward_flops
-
-        model_params = ModelParams(**json.loads(model_json))
-        model = build_model(model_params, (*IMAGE_SHAPE, 1), NUM_CLASSES)
-        return round(forward_flops(model) / 1e6, 2)
-
     def forward_mflop_of(rev: str, key: str) -> float:
         model_params = committed_yaml(f"data/params/{key}.yaml", rev)["train"]["model"]
-        return mflop_of_model(json.dumps(model_params, sort_keys=True))
+        return forward_mflop(json.dumps(model_params, sort_keys=True))
 
     sections = list(yaml.safe_load(Path("params.yaml").read_text()))
     table = comparison_table(rows, sections)

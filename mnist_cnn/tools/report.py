@@ -101,16 +101,14 @@ def training_cost(study: pd.DataFrame) -> pd.Series:
     """Per group and dataset: training FLOPs as a multiple of the committed params' (the
     model's forward FLOPs per image × the epochs run, averaged over seeds; the image count
     and the 3× of a training step are common to all). NaN where a run has no size."""
-    if "forward_mflop" not in study:
+    if "forward_mflop" not in study or not (study["group"] == COMMITTED_PARAMS).any():
         return pd.Series(dtype=float)
     cost = (
         (study["forward_mflop"] * study["epochs_run"])
         .groupby([study["group"], study["dataset"]])
         .mean()
     )
-    committed = cost.xs(COMMITTED_PARAMS, level="group") if COMMITTED_PARAMS in cost else None
-    if committed is None:
-        return pd.Series(dtype=float)
+    committed = cost.xs(COMMITTED_PARAMS, level="group")
     return cost / committed.reindex(cost.index.get_level_values("dataset")).to_numpy()
 
 
