@@ -15,11 +15,13 @@ from mnist_cnn.tools.report import (
     BENCHMARK,
     END,
     PAGES,
+    PREVIOUS_DEFAULTS,
     benchmark_table,
     groups_table,
     marker,
     paired_table,
     render,
+    results_table,
 )
 from tests.conftest import PROJECT_ROOT
 
@@ -69,6 +71,27 @@ def test_blocks_are_replaced_and_the_rest_kept():
     assert "| 20 (18) |" in rendered
     assert "| 2 | 99.66 % | 99.56 % | 94.50 % | 94.40 % | AMD EPYC |" in rendered
     assert render(rendered, ["results", "seeds"], lambda path: files[Path(path)]) == rendered
+
+
+def test_results_table_shows_a_previous_default_beside_the_committed_params(monkeypatch):
+    files = fake_files()
+    study = pd.read_csv(io.StringIO(files[SEED_STUDY]))
+    before = study[study["group"] == COMMITTED_PARAMS].assign(
+        group="train.epochs=30", test_accuracy=lambda rows: rows["test_accuracy"] - 0.01
+    )
+    files[SEED_STUDY] = pd.concat([study, before]).to_csv(index=False)
+    read = lambda path: files[Path(path)]  # noqa: E731
+    assert "default until" not in results_table(read)  # only the groups named as such
+    monkeypatch.setitem(PREVIOUS_DEFAULTS, "train.epochs=30", "default until 2026-01-01")
+    table = results_table(read).splitlines()
+    mnist = next(i for i, line in enumerate(table) if line.startswith("| MNIST | **99.66 %**"))
+    assert table[mnist + 1].startswith(
+        "| MNIST, default until 2026-01-01 (epochs=30) | – | 98.66 ± 0.02 % (98.64–98.68, 3 seeds) |"
+    )
+    # One seed gives no spread: no row (rather than a band the report cannot compute).
+    one_seed = pd.concat([study, before[before["seed"] == 1]])
+    files[SEED_STUDY] = one_seed.to_csv(index=False)
+    assert "default until" not in results_table(read)
 
 
 def test_groups_table_has_every_group_and_its_seeds():

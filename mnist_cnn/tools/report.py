@@ -41,14 +41,31 @@ def percent(value: float) -> str:
     return f"{100 * value:.2f} %"
 
 
+# Groups of the seed study that were the default before (each labelled, like every group,
+# by what it sets apart from today's params.yaml): the results table shows their spread
+# beside today's, so a change of defaults shows what it changed.
+PREVIOUS_DEFAULTS: dict[str, str] = {
+    "train.model.conv_filters=[32, 64, 128]": "default until 2026-12-07",
+}
+
+
 def committed_seed_runs(read: Reader) -> pd.DataFrame:
     study = pd.read_csv(io.StringIO(read(SEED_STUDY)))
     return study[study["group"] == COMMITTED_PARAMS]
 
 
+def seed_spread_text(values: pd.Series) -> str:
+    """Mean ± std (min–max, n seeds) of one split's accuracies; at least 2 seeds."""
+    band = prediction_band(values)
+    return (
+        f"{100 * band.mean:.2f} ± {100 * band.std:.2f} % "
+        f"({100 * band.smallest:.2f}–{100 * band.largest:.2f}, {band.n} seeds)"
+    )
+
+
 def results_table(read: Reader) -> str:
     """Per dataset: the committed run, and the seed study's spread of the same params."""
-    runs = committed_seed_runs(read)
+    study = pd.read_csv(io.StringIO(read(SEED_STUDY)))
     lines = [
         "| dataset | test accuracy (committed run) | over seeds: mean ± std (min–max) | "
         "validation accuracy (committed run) | over seeds | epochs (kept) |",
@@ -58,19 +75,21 @@ def results_table(read: Reader) -> str:
         paths = DatasetPaths(key)
         test = json.loads(read(paths.test_metrics))
         training = json.loads(read(paths.training_summary))
-        own = runs[runs["dataset"] == key]
-        spread = {}
-        for column in ("test_accuracy", "val_accuracy"):
-            band = prediction_band(own[column])
-            spread[column] = (
-                f"{100 * band.mean:.2f} ± {100 * band.std:.2f} % "
-                f"({100 * band.smallest:.2f}–{100 * band.largest:.2f}, {band.n} seeds)"
-            )
+        own = study[(study["dataset"] == key) & (study["group"] == COMMITTED_PARAMS)]
         lines.append(
-            f"| {spec.title} | **{percent(test['accuracy'])}** | {spread['test_accuracy']} | "
-            f"{percent(test['val_accuracy'])} | {spread['val_accuracy']} | "
+            f"| {spec.title} | **{percent(test['accuracy'])}** | "
+            f"{seed_spread_text(own['test_accuracy'])} | {percent(test['val_accuracy'])} | "
+            f"{seed_spread_text(own['val_accuracy'])} | "
             f"{training['step']} ({training['selected_epoch']}) |"
         )
+        for group, description in PREVIOUS_DEFAULTS.items():
+            before = study[(study["dataset"] == key) & (study["group"] == group)]
+            if before["test_accuracy"].count() >= 2:  # a spread needs two seeds
+                lines.append(
+                    f"| {spec.title}, {description} ({short_label(group)}) | – | "
+                    f"{seed_spread_text(before['test_accuracy'])} | – | "
+                    f"{seed_spread_text(before['val_accuracy'])} | – |"
+                )
     return "\n".join(lines) + "\n"
 
 
@@ -100,7 +119,8 @@ def seeds_table(read: Reader) -> str:
 def training_cost(study: pd.DataFrame) -> pd.Series:
     """Per group and dataset: training FLOPs as a multiple of the committed params' (the
     model's forward FLOPs per image × the epochs run, averaged over seeds; the image count
-    and the 3× of a training step are common to all). NaN where a run has no size."""
+    and the 3× of a training step are common to all). Runs without a size count for none:
+    a group with no sized run gets NaN."""
     if "forward_mflop" not in study or not (study["group"] == COMMITTED_PARAMS).any():
         return pd.Series(dtype=float)
     cost = (
