@@ -26,6 +26,7 @@ from mnist_cnn.tools.compare import (
     seed_group_table,
     seed_groups,
     seed_runs,
+    spread_text,
     trained_with_own_params,
 )
 from tests.conftest import PROJECT_ROOT, drawn_png
@@ -149,6 +150,13 @@ def test_seed_group_table_reads_as_mean_std_and_range(seed_sweep, sections):
     row = text[text["params (besides seed)"] == COMMITTED_PARAMS].iloc[0]
     assert row["mnist n"] == 3
     assert row["mnist test accuracy"] == "99.60 ± 0.10 % (99.50–99.70)"
+
+
+def test_spread_text_counts_seeds_when_asked_and_says_when_there_is_no_spread():
+    assert (
+        spread_text(0.996, 0.001, 0.995, 0.997, seeds=3) == "99.60 ± 0.10 % (99.50–99.70, 3 seeds)"
+    )
+    assert spread_text(0.996, float("nan"), 0.996, 0.996, seeds=1) == "99.60 % (1 seed)"
 
 
 def test_only_finished_experiments_count_in_seed_groups(seed_sweep, sections):

@@ -92,6 +92,10 @@ def test_results_table_shows_a_previous_default_beside_the_committed_params(monk
     one_seed = pd.concat([study, before[before["seed"] == 1]])
     files[SEED_STUDY] = one_seed.to_csv(index=False)
     assert "default until" not in results_table(read)
+    # The committed params with no seeds recorded: an error that says so, not "nan %".
+    files[SEED_STUDY] = study[study["group"] != COMMITTED_PARAMS].to_csv(index=False)
+    with pytest.raises(ValueError, match="has no test_accuracy for this group"):
+        results_table(read)
 
 
 def test_groups_table_has_every_group_and_its_seeds():

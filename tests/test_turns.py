@@ -56,9 +56,12 @@ def test_the_table_shows_both_sides_per_stage_and_says_when_nothing_was_timed():
         },
     }
     table = turns_table(lambda path: json.dumps(timed))
-    assert "medians of 2 and 2 runs, taken in turns" in table
+    assert "every stage forced, medians of 2 and 2 runs, taken in turns" in table
     assert "| `train@mnist` | 1000 | 500 | 0.50 |" in table
     assert table.rstrip().endswith("| **total** | 1010 | 505 | 0.50 |")
+    # A run of some targets says which: its total is not a full run's.
+    timed["targets"] = ["evaluate@mnist"]
+    assert "the stages up to `evaluate@mnist` forced" in turns_table(lambda path: json.dumps(timed))
     assert TURNS == RESULT_FILE
 
 

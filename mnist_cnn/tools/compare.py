@@ -286,11 +286,13 @@ def seed_groups(runs: pd.DataFrame) -> pd.DataFrame:
     return stats.reset_index()
 
 
-def spread_text(mean: float, std: float, low: float, high: float) -> str:
-    """Accuracies as people read them: 99.61 ± 0.04 % (99.55-99.67)."""
+def spread_text(mean: float, std: float, low: float, high: float, seeds: int | None = None) -> str:
+    """Accuracies as people read them: 99.61 ± 0.04 % (99.55–99.67), with `seeds`
+    99.61 ± 0.04 % (99.55–99.67, 5 seeds)."""
     if pd.isna(std):  # one seed: no spread yet
         return f"{100 * mean:.2f} % (1 seed)"
-    return f"{100 * mean:.2f} ± {100 * std:.2f} % ({100 * low:.2f}–{100 * high:.2f})"
+    count = "" if seeds is None else f", {seeds} seeds"
+    return f"{100 * mean:.2f} ± {100 * std:.2f} % ({100 * low:.2f}–{100 * high:.2f}{count})"
 
 
 def seed_group_table(groups: pd.DataFrame) -> pd.DataFrame:

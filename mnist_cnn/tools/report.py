@@ -26,7 +26,7 @@ import pandas as pd
 
 from mnist_cnn.artifacts import DatasetPaths
 from mnist_cnn.datasets import DATASETS
-from mnist_cnn.tools.check_results import SEED_STUDY, prediction_band
+from mnist_cnn.tools.check_results import SEED_STUDY
 from mnist_cnn.tools.compare import COMMITTED_PARAMS, seed_groups, short_label, spread_text
 
 PAGES = {
@@ -55,12 +55,11 @@ def committed_seed_runs(read: Reader) -> pd.DataFrame:
 
 
 def seed_spread_text(values: pd.Series) -> str:
-    """Mean ± std (min–max, n seeds) of one split's accuracies; at least 2 seeds."""
-    band = prediction_band(values)
-    return (
-        f"{100 * band.mean:.2f} ± {100 * band.std:.2f} % "
-        f"({100 * band.smallest:.2f}–{100 * band.largest:.2f}, {band.n} seeds)"
-    )
+    """Mean ± std (min–max, n seeds) of one split's accuracies over the seeds."""
+    values = values.dropna()
+    if values.empty:
+        raise ValueError(f"{SEED_STUDY} has no {values.name} for this group: record its seeds")
+    return spread_text(values.mean(), values.std(), values.min(), values.max(), len(values))
 
 
 def results_table(read: Reader) -> str:
@@ -261,9 +260,11 @@ def turns_table(read: Reader) -> str:
     revs = {side: rev[:7] for side, rev in timed["revs"].items()}
     counts = {side: sum(turn["side"] == side for turn in timed["turns"]) for side in revs}
     machine = timed["machine"]
+    targets = ", ".join(f"`{target}`" for target in timed.get("targets", []))
+    forced = f"the stages up to {targets}" if targets else "every stage"
     lines = [
         f"{timed['date']}, {machine['cpu']} ({machine['cpu_flags']}), {machine['cpus']} CPUs; "
-        f"medians of {counts['old']} and {counts['new']} runs, taken in turns:",
+        f"{forced} forced, medians of {counts['old']} and {counts['new']} runs, taken in turns:",
         "",
         f"| stage | old `{revs['old']}` (s) | new `{revs['new']}` (s) | new / old |",
         "|---|---|---|---|",
