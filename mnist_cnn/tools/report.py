@@ -54,17 +54,20 @@ def committed_seed_runs(read: Reader) -> pd.DataFrame:
     return study[study["group"] == COMMITTED_PARAMS]
 
 
-def seed_spread_text(values: pd.Series) -> str:
-    """Mean ± std (min–max, n seeds) of one split's accuracies over the seeds."""
-    values = values.dropna()
-    if values.empty:
-        raise ValueError(f"{SEED_STUDY} has no {values.name} for this group: record its seeds")
-    return spread_text(values.mean(), values.std(), values.min(), values.max(), len(values))
+def spreads(group_row: pd.Series, with_seeds: bool = False) -> list[str]:
+    """Test and validation spread of one row of compare.seed_groups()."""
+    seeds = int(group_row["n"]) if with_seeds else None
+    return [
+        spread_text(
+            *(group_row[f"{split} {stat}"] for stat in ("mean", "std", "min", "max")), seeds
+        )
+        for split in ("test", "val")
+    ]
 
 
 def results_table(read: Reader) -> str:
     """Per dataset: the committed run, and the seed study's spread of the same params."""
-    study = pd.read_csv(io.StringIO(read(SEED_STUDY)))
+    groups = seed_groups(pd.read_csv(io.StringIO(read(SEED_STUDY)))).set_index(["group", "dataset"])
     lines = [
         "| dataset | test accuracy (committed run) | over seeds: mean ± std (min–max) | "
         "validation accuracy (committed run) | over seeds | epochs (kept) |",
@@ -74,20 +77,24 @@ def results_table(read: Reader) -> str:
         paths = DatasetPaths(key)
         test = json.loads(read(paths.test_metrics))
         training = json.loads(read(paths.training_summary))
-        own = study[(study["dataset"] == key) & (study["group"] == COMMITTED_PARAMS)]
+        if not groups["n"].get((COMMITTED_PARAMS, key), 0):
+            raise ValueError(
+                f"{SEED_STUDY} has no test_accuracy for this group ({COMMITTED_PARAMS}, "
+                f"{spec.title}): record its seeds"
+            )
+        own = spreads(groups.loc[(COMMITTED_PARAMS, key)], with_seeds=True)
         lines.append(
-            f"| {spec.title} | **{percent(test['accuracy'])}** | "
-            f"{seed_spread_text(own['test_accuracy'])} | {percent(test['val_accuracy'])} | "
-            f"{seed_spread_text(own['val_accuracy'])} | "
+            f"| {spec.title} | **{percent(test['accuracy'])}** | {own[0]} | "
+            f"{percent(test['val_accuracy'])} | {own[1]} | "
             f"{training['step']} ({training['selected_epoch']}) |"
         )
         for group, description in PREVIOUS_DEFAULTS.items():
-            before = study[(study["dataset"] == key) & (study["group"] == group)]
-            if before["test_accuracy"].count() >= 2:  # a spread needs two seeds
+            # A spread needs two seeds: with fewer, no row.
+            if groups["n"].get((group, key), 0) >= 2:
+                before = spreads(groups.loc[(group, key)], with_seeds=True)
                 lines.append(
                     f"| {spec.title}, {description} ({short_label(group)}) | – | "
-                    f"{seed_spread_text(before['test_accuracy'])} | – | "
-                    f"{seed_spread_text(before['val_accuracy'])} | – |"
+                    f"{before[0]} | – | {before[1]} | – |"
                 )
     return "\n".join(lines) + "\n"
 
@@ -146,17 +153,13 @@ def groups_table(read: Reader) -> str:
     )
     cost = training_cost(study)
     for _, row in seed_groups(study).iterrows():
-        spreads = [
-            spread_text(row[f"{s} mean"], row[f"{s} std"], row[f"{s} min"], row[f"{s} max"])
-            for s in ("test", "val")
-        ]
         ratio = cost.get((row["group"], row["dataset"]))
         lines.append(
             f"| {short_label(row['group'])} | {DATASETS[row['dataset']].title} | "
             f"{seeds[row['group'], row['dataset']]} | "
             + ("–" if ratio is None or pd.isna(ratio) else f"{ratio:.2f}")
             + " | "
-            + " | ".join(spreads)
+            + " | ".join(spreads(row))
             + " |"
         )
     return "\n".join(lines) + "\n"
