@@ -242,7 +242,7 @@ def benchmark_table(read: Reader) -> str:
                 "validation accuracy against time",
                 f"keras.io convnet: {percent(peer_run['val_accuracy'][-1])} after "
                 f"{peer_run['epoch_seconds'][-1]:.0f} s; ours: "
-                + (f"the same after {reached:.0f} s, " if reached is not None else "")
+                + (f"first reaches it after {reached:.0f} s, " if reached is not None else "")
                 + f"{percent(ours['val_accuracy'][-1])} after {ours['epoch_seconds'][-1]:.0f} s",
             )
         )
