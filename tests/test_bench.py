@@ -18,7 +18,6 @@ from mnist_cnn.tools.bench import (
     images_per_second,
     plot_accuracy_against_time,
     preset_params_file,
-    seconds_to_reach,
 )
 from mnist_cnn.tools.peer import BATCH_SIZE, EpochClock, keras_io_convnet, published_inputs
 from tests.conftest import PROJECT_ROOT, committed_params, restored_tf_global_state
@@ -138,13 +137,6 @@ def test_epoch_clock_records_each_epochs_end_and_validation_accuracy():
         clock.on_epoch_end(epoch, {"val_accuracy": accuracy, "accuracy": 0.1})
     assert clock.val_accuracy == [0.5, 0.75]
     assert len(clock.seconds) == 2 and 0 <= clock.seconds[0] <= clock.seconds[1]
-
-
-def test_seconds_to_reach_is_the_end_of_the_first_epoch_at_or_above():
-    curve = {"epoch_seconds": [10.0, 20.0, 30.0], "val_accuracy": [0.97, 0.99, 0.985]}
-    assert seconds_to_reach(curve, 0.985) == 20.0
-    assert seconds_to_reach(curve, 0.97) == 10.0
-    assert seconds_to_reach(curve, 0.991) is None
 
 
 def test_accuracy_over_time_trains_through_the_stage_fit_every_epoch(tf_global_state):

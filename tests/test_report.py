@@ -22,6 +22,7 @@ from mnist_cnn.tools.report import (
     paired_table,
     render,
     results_table,
+    seconds_to_reach,
 )
 from tests.conftest import PROJECT_ROOT
 
@@ -193,15 +194,29 @@ def test_benchmark_table_shows_what_bench_wrote_and_says_when_it_has_not_run():
 
     assert "has not written" in benchmark_table(read)
     table = benchmark_table(lambda path: json.dumps(bench_result(curves=False)))
-    assert "| machine | AMD EPYC (avx2 fma), 2 CPUs, TensorFlow 2.21.0, Keras 3.15.1 |" in table
-    assert "keras.io convnet 1100, our train stage on the same convnet 1000 (0.91×)" in table
+    assert (
+        "| machine | AMD EPYC (avx2 fma), 2 CPUs, TensorFlow 2.21.0, Keras 3.15.1, float32 |"
+        in table
+    )
+    assert (
+        "keras.io convnet 1100 (1000–1200), our train stage on the same convnet 1000 "
+        "(900–1500): 0.91×" in table
+    )
     assert "| 150 float32, 60 bfloat16 |" in table and "float32 758, mixed_bfloat16 301" in table
     assert "against time" not in table
     table = benchmark_table(lambda path: json.dumps(bench_result(curves=True)))
+    assert "first at or above 99.15 %, the keras.io convnet's final" in table
     assert (
-        "keras.io convnet: 99.15 % after 141 s; ours: first reaches it after 80 s, 99.60 % after 760 s"
-        in table
+        "keras.io convnet: first after 141 s, ends after 141 s (2 epochs); "
+        "ours: first after 80 s, ends at 99.60 % after 760 s (3 epochs)" in table
     )
+
+
+def test_seconds_to_reach_is_the_end_of_the_first_epoch_at_or_above():
+    curve = {"epoch_seconds": [10.0, 20.0, 30.0], "val_accuracy": [0.97, 0.99, 0.985]}
+    assert seconds_to_reach(curve, 0.985) == 20.0
+    assert seconds_to_reach(curve, 0.97) == 10.0
+    assert seconds_to_reach(curve, 0.991) is None
 
 
 def test_the_benchmark_table_reads_the_file_bench_writes():
