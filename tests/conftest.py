@@ -142,12 +142,18 @@ def tf_global_state():
 
 
 def run_bounded(
-    args: list[str], cwd: Path, env: dict[str, str], timeout: float, stdout=subprocess.PIPE
+    args: list[str],
+    cwd: Path,
+    env: dict[str, str],
+    timeout: float,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
 ) -> subprocess.CompletedProcess:
     """subprocess.run in its own process group, killed whole if anything goes wrong.
 
     DVC starts the stage commands as children; killing only the direct child on a
-    timeout (what subprocess.run does) would leave them running.
+    timeout (what subprocess.run does) would leave them running. stderr joins stdout
+    unless `stderr=subprocess.PIPE` keeps it apart (for output a test parses).
     """
     process = subprocess.Popen(
         args,
@@ -155,18 +161,18 @@ def run_bounded(
         env=env,
         stdin=subprocess.DEVNULL,
         stdout=stdout,
-        stderr=subprocess.STDOUT,
+        stderr=stderr,
         text=True,
         start_new_session=True,
     )
     try:
-        output, _ = process.communicate(timeout=timeout)
+        output, errors = process.communicate(timeout=timeout)
     except BaseException:  # a timeout, pytest-timeout's signal, Ctrl-C
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
         process.wait()
         raise
-    return subprocess.CompletedProcess(args, process.returncode, output or "", "")
+    return subprocess.CompletedProcess(args, process.returncode, output or "", errors or "")
 
 
 def processes_under(root: Path) -> list[psutil.Process]:

@@ -15,6 +15,7 @@ import json
 import os
 import re
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,6 +37,7 @@ from tests.conftest import (
 )
 from tests.pipeline_project import (
     RECOVER,
+    TIMEOUT,
     attempt,
     command_env,
     dvc,
@@ -416,16 +418,21 @@ def test_exp_show_reports_epochs_of_a_temp_run_while_it_trains(project, first_ru
 def test_compare_command_reads_real_experiments(project, rate_experiment, tmp_path):
     """mnist-cnn-compare against DVC itself: the experiment's changed param and results."""
     png, study = tmp_path / "compare.png", tmp_path / "study.csv"
-    output = run(
+    # The CSV alone: stderr carries the tool's notes and TensorFlow's start-up lines
+    # (oneDNN's notice, on CPUs where TF turns it on, holds a comma).
+    result = run_bounded(
         [
             sys.executable,
             *("-m", "mnist_cnn.tools.compare", "--csv"),
             *("--png", str(png), "--seed-runs", str(study)),
         ],
         project,
+        command_env(),
+        TIMEOUT,
+        stderr=subprocess.PIPE,
     )
-    csv = "\n".join(line for line in output.splitlines() if not line.startswith("compare:"))
-    table = pd.read_csv(io.StringIO(csv))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    table = pd.read_csv(io.StringIO(result.stdout))
     row = table[table["experiment"].str.startswith(rate_experiment["name"])].iloc[0]
     assert row["train.learning_rate"] == 0.003
     assert row["mnist loss"] == rate_experiment["diff"]["metrics/mnist.json"]["loss"]["new"]
