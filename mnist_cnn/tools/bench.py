@@ -360,7 +360,6 @@ def main(argv: list[str] | None = None) -> int:
         result["accuracy_over_time"] = {
             "peer": {key: peer_curve[key] for key in ("epoch_seconds", "val_accuracy")},
             "ours": curves[list(curves)[1]],
-            "ours_reaches_peer_final_after_seconds": reached,
         }
         plot_accuracy_against_time(curves, args.figure, f"{spec.title}: accuracy against time")
         print(
