@@ -119,6 +119,13 @@ STAGE_OUTPUTS = {
 }
 
 
+def _umask() -> int:
+    """The process's umask (os.umask is the only way to read it: set, then restore)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(final: Path | str) -> Iterator[Path]:
     """Yield a temporary path; on success it replaces `final`, on error it is removed."""
@@ -131,6 +138,8 @@ def atomic_path(final: Path | str) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        # mkstemp creates the file private (0600); an output gets what open() would give it.
+        tmp_path.chmod(0o666 & ~_umask())
         os.replace(tmp_path, final)
     finally:
         tmp_path.unlink(missing_ok=True)
@@ -144,6 +153,7 @@ def atomic_dir(final: Path | str) -> Iterator[Path]:
     staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
     try:
         yield staging
+        staging.chmod(0o777 & ~_umask())  # mkdtemp's 0700, as for atomic_path's file
         if final.exists():
             shutil.rmtree(final)
         os.replace(staging, final)

@@ -46,6 +46,20 @@ def test_an_error_mid_directory_keeps_the_old_directory(tmp_path):
     assert sorted(path.name for path in tmp_path.iterdir()) == ["prepared"]
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_outputs_get_the_permissions_the_umask_gives_any_new_file(tmp_path, umask):
+    previous = os.umask(umask)
+    try:
+        with atomic_path(tmp_path / "metrics.json") as tmp:
+            tmp.write_text("{}")
+        with atomic_dir(tmp_path / "prepared") as staging:
+            (staging / "train.npy").write_text("x")
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "metrics.json").stat().st_mode & 0o777 == 0o666 & ~umask
+    assert (tmp_path / "prepared").stat().st_mode & 0o777 == 0o777 & ~umask
+
+
 # Writes a file through atomic_path in slow chunks, announcing when it is half-way.
 WRITER = """
 import sys, time
